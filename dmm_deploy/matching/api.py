@@ -1,0 +1,246 @@
+"""Public matcher API: ``dmm_match``, ``DMMMatcher``, argument checking and backend dispatch."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+import torch
+from torch import nn
+
+from dmm_deploy.matching.reference import MatchInfo, greedy_init, match_reference, valid_mask
+
+__all__ = ["BACKENDS", "DMMMatcher", "dmm_match", "triton_available"]
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def triton_available() -> bool:
+    """True when the fused Triton kernels can be imported (they need the ``triton`` package)."""
+    try:
+        from dmm_deploy.matching import triton_backend  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_lr(lr) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    return float(lr)
+
+
+def _check_sizes(sizes, b: int, n: int, m: int, device) -> torch.Tensor:
+    if not isinstance(sizes, torch.Tensor):
+        raise TypeError(
+            f"sizes must be an integer tensor of shape ({b}, 2), got {type(sizes).__name__}"
+        )
+    if sizes.dtype.is_floating_point or sizes.dtype.is_complex or sizes.dtype == torch.bool:
+        raise TypeError(f"sizes must be an integer tensor, got dtype {sizes.dtype}")
+    if tuple(sizes.shape) != (b, 2):
+        raise ValueError(
+            f"sizes must have shape ({b}, 2) (one (n_b, m_b) per problem), got {tuple(sizes.shape)}"
+        )
+    sizes = sizes.to(device=device, dtype=torch.int64)
+    if bool(((sizes < 1) | (sizes[:, 0] > n)[:, None] | (sizes[:, 1] > m)[:, None]).any()):
+        raise ValueError(
+            f"sizes must satisfy 1 <= n_b <= {n} and 1 <= m_b <= {m} for every problem"
+        )
+    return sizes
+
+
+def _check_finite(name: str, t: torch.Tensor, valid: torch.Tensor | None) -> None:
+    bad = ~torch.isfinite(t)
+    if valid is not None:
+        bad = bad & valid
+    if bool(bad.any()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _resolve_backend(backend: str, cost: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if cost.is_cuda and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError(
+                "backend='triton' needs the fused Triton kernels, which could not be imported "
+                "(install triton, which comes with CUDA builds of torch)"
+            )
+        if not cost.is_cuda and not _interpreting():
+            raise ValueError(
+                "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernels "
+                f"in Triton's interpreter on the CPU); cost is on {cost.device}"
+            )
+    return backend
+
+
+def dmm_match(
+    cost: torch.Tensor,
+    x_init: torch.Tensor | str | None = None,
+    *,
+    n_grad: int = 40,
+    n_proj: int = 5,
+    lr: float = 0.01,
+    sizes: torch.Tensor | None = None,
+    backend: str = "auto",
+    return_info: bool = False,
+    check_finite: bool = True,
+):
+    """Differentiable mask matching (DMM-Net, Listing 1 of the supplement), batched.
+
+    Approximately solves, for every problem, ``min_X Tr(C X^T)`` subject to
+    ``X 1_m = 1_n``, ``X^T 1_n <= 1_m``, ``X >= 0`` by ``n_grad`` projected-gradient steps
+    ``X <- X - lr * C``, each followed by ``n_proj`` cycles of Dykstra's projections onto the
+    rows, columns and non-negativity sets (corrections persist across outer steps), and
+    returns the mean of all iterates, ``x_init`` included.
+
+    Args:
+        cost: floating tensor ``(n, m)`` or ``(B, n, m)``; any real values, any n, m >= 1.
+        x_init: start of the iteration: a tensor of cost's shape and dtype, ``None`` (zeros),
+            or ``"greedy"`` (the original DMM-Net start, see :func:`greedy_init`).
+        n_grad: number of outer (projected-gradient) steps, a positive integer.
+        n_proj: Dykstra cycles per outer step, a positive integer.
+        lr: gradient step, a positive finite number.
+        sizes: optional integer tensor ``(B, 2)`` of per-problem ``(n_b, m_b)`` for padded
+            batches (3-D cost only): problem ``b`` is ``cost[b, :n_b, :m_b]``, solved as if
+            alone; the output is zero outside it and padding values are ignored.
+        backend: ``"torch"`` (the batched reference), ``"triton"`` (the fused kernels, CUDA
+            tensors or ``TRITON_INTERPRET=1``), or ``"auto"`` (Triton for CUDA tensors when
+            available, otherwise torch).
+        return_info: also return a :class:`MatchInfo` (objective and feasibility error per
+            outer step, feasibility per inner step); computed by the torch reference.
+        check_finite: reject NaN/Inf in ``cost``/``x_init`` (costs one device sync; turn off
+            in hot loops whose inputs are known to be finite).
+
+    Returns:
+        The mean of the iterates, same shape and dtype as ``cost``; with ``return_info`` a
+        tuple ``(assignment, info)``.
+
+    Raises:
+        TypeError / ValueError naming the offending argument. Inputs are never modified.
+    """
+    if not isinstance(cost, torch.Tensor):
+        raise TypeError(f"cost must be a torch.Tensor, got {type(cost).__name__}")
+    if not cost.dtype.is_floating_point:
+        raise TypeError(f"cost must be a floating-point tensor, got dtype {cost.dtype}")
+    if cost.ndim not in (2, 3):
+        raise ValueError(f"cost must have shape (n, m) or (B, n, m), got {tuple(cost.shape)}")
+    if cost.shape[-1] < 1 or cost.shape[-2] < 1:
+        raise ValueError(f"cost must have n >= 1 and m >= 1, got shape {tuple(cost.shape)}")
+    n_grad = _check_positive_int("n_grad", n_grad)
+    n_proj = _check_positive_int("n_proj", n_proj)
+    lr = _check_lr(lr)
+    squeeze = cost.ndim == 2
+    c3 = cost.unsqueeze(0) if squeeze else cost
+    b, n, m = c3.shape
+    if sizes is not None:
+        if squeeze:
+            raise ValueError("sizes is only meaningful for a batched (B, n, m) cost")
+        sizes = _check_sizes(sizes, b, n, m, cost.device)
+    backend = _resolve_backend(backend, cost)
+
+    if x_init is None:
+        x3 = torch.zeros_like(c3)
+    elif isinstance(x_init, str):
+        if x_init != "greedy":
+            raise ValueError(f"x_init must be a tensor, None or 'greedy', got {x_init!r}")
+        x3 = greedy_init(c3.detach(), sizes)
+    elif isinstance(x_init, torch.Tensor):
+        if x_init.shape != cost.shape:
+            raise ValueError(
+                f"x_init must have cost's shape {tuple(cost.shape)}, got {tuple(x_init.shape)}"
+            )
+        if x_init.dtype != cost.dtype:
+            raise TypeError(f"x_init must have cost's dtype {cost.dtype}, got {x_init.dtype}")
+        if x_init.device != cost.device:
+            raise ValueError(f"x_init must be on cost's device {cost.device}, got {x_init.device}")
+        x3 = x_init.unsqueeze(0) if squeeze else x_init
+    else:
+        raise TypeError(f"x_init must be a tensor, None or 'greedy', got {type(x_init).__name__}")
+
+    if check_finite:
+        valid = None
+        if sizes is not None:
+            rows, cols = valid_mask(sizes, n, m)
+            valid = rows & cols
+        _check_finite("cost", c3, valid)
+        if isinstance(x_init, torch.Tensor):
+            _check_finite("x_init", x3, valid)
+
+    if return_info or backend == "torch":
+        res = match_reference(c3, x3, n_grad, n_proj, lr, sizes, return_info)
+    else:
+        from dmm_deploy.matching.triton_backend import triton_match
+
+        res = triton_match(c3, x3, n_grad, n_proj, lr, sizes)
+    if return_info:
+        out, info = res
+        if squeeze:
+            out = out[0]
+            info = MatchInfo(*(t[0] for t in info))
+        return out, info
+    return res[0] if squeeze else res
+
+
+class DMMMatcher(nn.Module):
+    """The matching layer as a module; holds ``n_grad``, ``n_proj``, ``lr``, ``init``, ``backend``.
+
+    ``forward(cost, x_init=None, sizes=None)`` calls :func:`dmm_match`; ``x_init=None`` uses
+    the module's ``init`` (``"zeros"`` or ``"greedy"``).
+    """
+
+    def __init__(
+        self,
+        n_grad: int = 40,
+        n_proj: int = 5,
+        lr: float = 0.01,
+        init: str = "zeros",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.n_grad = _check_positive_int("n_grad", n_grad)
+        self.n_proj = _check_positive_int("n_proj", n_proj)
+        self.lr = _check_lr(lr)
+        if init not in ("zeros", "greedy"):
+            raise ValueError(f"init must be 'zeros' or 'greedy', got {init!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.init = init
+        self.backend = backend
+
+    def forward(
+        self,
+        cost: torch.Tensor,
+        x_init: torch.Tensor | None = None,
+        sizes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if x_init is None and self.init == "greedy":
+            x_init = "greedy"
+        return dmm_match(
+            cost,
+            x_init,
+            n_grad=self.n_grad,
+            n_proj=self.n_proj,
+            lr=self.lr,
+            sizes=sizes,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_grad={self.n_grad}, n_proj={self.n_proj}, lr={self.lr}, "
+            f"init={self.init!r}, backend={self.backend!r}"
+        )

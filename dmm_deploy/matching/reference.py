@@ -1,0 +1,194 @@
+"""Batched PyTorch reference of the DMM matching layer.
+
+This is the one reference implementation of the project: the public API, the ONNX export,
+the tests and the benchmarks all run this code. It agrees with the specification
+(Listing 1 of the DMM-Net supplement, ``shared/spec/listing1.py``) problem by problem,
+but keeps the state of a problem in the compact form that the structure of the three
+constraint sets allows:
+
+* the row set ``{X 1_m = 1_n}`` is affine, so its Dykstra correction never changes the
+  projected point: the row step is simply ``X - (X 1_m - 1) / m`` and needs no state;
+* the column correction of Listing 1 is constant along each column, so it is stored as an
+  ``m``-vector ``p1``;
+* the non-negativity correction ``P2`` is a full ``n x m`` tensor.
+
+Both reductions of one inner step (row sums and column sums) are taken from the same
+iterate, so one inner step is two reductions, a handful of vector operations, and five
+element-wise operations over the full ``(B, n, m)`` tensor (six with padding masks)::
+
+    a   = (X.sum(-1) - 1) / m           # row projection shift                (B, n, 1)
+    s   = X.sum(-2) - sum(a) + q1       # column sums seen by the column set  (B, 1, m)
+    q1' = relu(s - 1)                   # n x the new column correction       (B, 1, m)
+    X3  = X - a + (q1 - q1') / n + P2   # three full element-wise ops
+    X   = relu(X3); P2 = X3 - X         # two more
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["MatchInfo", "greedy_init", "match_reference", "valid_mask"]
+
+
+class MatchInfo(NamedTuple):
+    """Convergence record of one matching, per problem.
+
+    objective: ``(B, n_grad)`` ``Tr(C X^T)`` of the iterate after each outer step.
+    feasibility: ``(B, n_grad)`` max violation of the three constraint sets
+        (``|X 1 - 1|``, ``max(X^T 1 - 1, 0)``, ``max(-X, 0)``) after each outer step.
+    inner_feasibility: ``(B, n_grad, n_proj)`` the same violation after every Dykstra cycle.
+    """
+
+    objective: torch.Tensor
+    feasibility: torch.Tensor
+    inner_feasibility: torch.Tensor
+
+
+def valid_mask(sizes: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column validity of a padded batch.
+
+    sizes: ``(B, 2)`` integer tensor of ``(n_b, m_b)``.
+    Returns ``rows (B, n, 1)`` and ``cols (B, 1, m)`` boolean tensors.
+    """
+    dev = sizes.device
+    rows = torch.arange(n, device=dev)[None, :, None] < sizes[:, 0, None, None]
+    cols = torch.arange(m, device=dev)[None, None, :] < sizes[:, 1, None, None]
+    return rows, cols
+
+
+def _feasibility(x: torch.Tensor, rows, cols) -> torch.Tensor:
+    """Max constraint violation of each problem of ``x`` (B, n, m) -> (B,)."""
+    r = x.sum(-1, keepdim=True) - 1
+    c = x.sum(-2, keepdim=True) - 1
+    if rows is not None:
+        r = r * rows
+        c = c * cols
+    row_err = r.abs().amax(dim=(-2, -1))
+    col_err = F.relu(c).amax(dim=(-2, -1))
+    neg_err = F.relu(-x).amax(dim=(-2, -1))
+    return torch.maximum(torch.maximum(row_err, col_err), neg_err)
+
+
+def match_reference(
+    cost: torch.Tensor,
+    x_init: torch.Tensor,
+    n_grad: int,
+    n_proj: int,
+    lr: float,
+    sizes: torch.Tensor | None = None,
+    return_info: bool = False,
+):
+    """Mean of the projected-gradient iterates of Listing 1, for a batch of problems.
+
+    cost, x_init: ``(B, n, m)`` floating tensors (no validation here: see ``dmm_match``).
+    sizes: optional ``(B, 2)`` integer tensor of per-problem ``(n_b, m_b)``; problem ``b`` is
+        ``cost[b, :n_b, :m_b]`` and is solved exactly as if it were alone; the output is zero
+        outside it and whatever the padding holds is ignored.
+    Arithmetic runs in ``float32`` for half-precision inputs (``float64`` stays ``float64``);
+    the result has the dtype of ``cost``. Differentiable in ``cost`` and ``x_init``.
+    Returns the ``(B, n, m)`` mean of ``n_grad + 1`` iterates (``x_init`` included), and a
+    :class:`MatchInfo` as well when ``return_info`` is true.
+    """
+    out_dtype = cost.dtype
+    work = torch.promote_types(cost.dtype, torch.float32)
+    if cost.dtype != work:
+        cost = cost.to(work)
+    x = x_init if x_init.dtype == work else x_init.to(work)
+    _, n, m = cost.shape
+    if sizes is None:
+        rows = cols = mask = None
+        inv_m, inv_n = 1.0 / m, 1.0 / n
+        step = cost * lr
+    else:
+        rows, cols = valid_mask(sizes, n, m)
+        mask = (rows & cols).to(work)
+        inv_n = 1.0 / sizes[:, 0, None, None].to(work)  # (B, 1, 1)
+        inv_m = 1.0 / sizes[:, 1, None, None].to(work)
+        rows, cols = rows.to(work), cols.to(work)
+        step = torch.where(mask > 0, cost, 0.0) * lr
+        x = torch.where(mask > 0, x, 0.0)
+
+    # q1 = n * p1 (B, 1, m): the column correction as it enters the column sums; p2 (B, n, m):
+    # the non-negativity correction. Both start at zero, left implicit (None) so that the
+    # first cycle carries no no-op nodes.
+    q1 = p2 = None
+    total = x
+    objective, feasibility, inner = [], [], []
+    for _ in range(n_grad):
+        x = x - step
+        inner_step = []
+        for _ in range(n_proj):
+            a = (x.sum(-1, keepdim=True) - 1) * inv_m
+            if rows is not None:
+                a = a * rows
+            s = x.sum(-2, keepdim=True) - a.sum(-2, keepdim=True)
+            if q1 is not None:
+                s = s + q1
+            q1_new = F.relu(s - 1)
+            if cols is not None:
+                q1_new = q1_new * cols
+            d = (-q1_new if q1 is None else q1 - q1_new) * inv_n
+            x3 = x - a + d
+            if p2 is not None:
+                x3 = x3 + p2
+            if mask is not None:
+                x3 = x3 * mask
+            x = F.relu(x3)
+            p2 = x3 - x
+            q1 = q1_new
+            if return_info:
+                inner_step.append(_feasibility(x.detach(), rows, cols))
+        total = total + x
+        if return_info:
+            inner.append(torch.stack(inner_step, dim=-1))
+            objective.append((cost * x).detach().sum(dim=(-2, -1)))
+            feasibility.append(_feasibility(x.detach(), rows, cols))
+    out = (total / (n_grad + 1)).to(out_dtype)
+    if not return_info:
+        return out
+    b = cost.shape[0]
+    empty = cost.new_zeros(b, 0)
+    info = MatchInfo(
+        objective=torch.stack(objective, dim=-1) if objective else empty,
+        feasibility=torch.stack(feasibility, dim=-1) if feasibility else empty,
+        inner_feasibility=(torch.stack(inner, dim=-2) if inner else cost.new_zeros(b, 0, n_proj)),
+    )
+    return out, info
+
+
+def greedy_init(cost: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """The original DMM-Net start: a one-hot assignment per row, chosen greedily.
+
+    For a problem ``C`` (n x m): every column keeps only the entry of its lowest-cost row
+    (the first such row on ties); every other entry is replaced by ``max(C)``. Each row then
+    takes a one-hot 1 at the column of its lowest remaining value (the first on ties). A row
+    that is the lowest of no column therefore lands on the first column whose remaining value
+    equals ``max(C)``, exactly as the original code does. With ``sizes`` only
+    ``C[:n_b, :m_b]`` takes part and the result is zero outside it.
+
+    cost: ``(B, n, m)``. Returns a tensor of cost's shape and dtype, without gradient.
+    """
+    with torch.no_grad():
+        _, n, m = cost.shape
+        c = cost
+        if sizes is not None:
+            rows, cols = valid_mask(sizes, n, m)
+            valid = rows & cols
+            # padded rows can never be a column's minimum; padded columns are never picked
+            c = torch.where(valid, cost, torch.inf)
+            cmax = torch.where(valid, cost, -torch.inf).amax(dim=(-2, -1), keepdim=True)
+        else:
+            cmax = cost.amax(dim=(-2, -1), keepdim=True)
+        col_winner = c.argmin(dim=-2, keepdim=True)  # (B, 1, m)
+        is_winner = torch.arange(n, device=cost.device)[None, :, None] == col_winner
+        remaining = torch.where(is_winner, c, cmax.expand_as(c))
+        if sizes is not None:
+            remaining = torch.where(cols, remaining, torch.inf)
+        choice = remaining.argmin(dim=-1, keepdim=True)  # (B, n, 1)
+        x = torch.zeros_like(cost).scatter_(-1, choice, 1.0)
+        if sizes is not None:
+            x = x * rows
+        return x

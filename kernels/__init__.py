@@ -1,0 +1,1 @@
+"""Triton kernels of the DMM matcher (fused forward and backward, one launch per batch)."""

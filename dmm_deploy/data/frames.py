@@ -1,0 +1,310 @@
+"""Lazy frame sources: a folder of images or a video file, one RGB frame at a time.
+
+Both sources yield :class:`Frame` objects (index, name, ``(H, W, 3)`` uint8 RGB image) and
+read each frame only when the iteration reaches it. A frame that cannot be decoded, or whose
+size differs from the first frame's, raises :class:`~dmm_deploy.data.davis.DataFileError`
+naming the file (and the frame index for videos).
+
+Video files are decoded with ``imageio-ffmpeg`` (the optional extra ``video``), imported only
+when a video is opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dmm_deploy.data.davis import IMAGE_SUFFIXES, DataFileError, list_images
+
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "Frame",
+    "FrameSource",
+    "ImageFolderSource",
+    "VideoFileSource",
+    "open_frames",
+    "read_frame",
+    "write_frames",
+]
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+"""File suffixes (lower case) that :func:`open_frames` opens as videos."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One video frame.
+
+    Attributes:
+        index: position in the video, from 0.
+        name: file stem to use for outputs (the image's stem, or ``00000``-style for videos).
+        image: ``(H, W, 3)`` uint8 RGB array.
+    """
+
+    index: int
+    name: str
+    image: np.ndarray
+
+
+class FrameSource:
+    """Base of the lazy frame sources: iterable of :class:`Frame`, re-iterable.
+
+    Attributes:
+        path: the folder or video file.
+    """
+
+    path: Path
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """Number of frames (exact for folders; from the container's metadata for videos)."""
+        raise NotImplementedError
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of the frames (reads at most the first frame's header)."""
+        raise NotImplementedError
+
+    def read_all(self) -> np.ndarray:
+        """All frames as one ``(T, H, W, 3)`` uint8 array (reads everything: short clips only)."""
+        images = [f.image for f in self]
+        if not images:
+            raise DataFileError(self.path, f"no frames in {self.path}")
+        return np.stack(images)
+
+
+def read_frame(path: str | Path) -> np.ndarray:
+    """Read one image file as an ``(H, W, 3)`` uint8 RGB array.
+
+    Greyscale, palette and RGBA images are converted to RGB (alpha is dropped).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataFileError: the file cannot be decoded (corrupt, truncated, not an image).
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"frame not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = im if im.mode == "RGB" else im.convert("RGB")
+            return np.asarray(rgb, dtype=np.uint8).copy()
+    except Exception as e:  # PIL raises several types for unreadable data
+        raise DataFileError(path, f"cannot read frame {path}: {e}") from e
+
+
+class ImageFolderSource(FrameSource):
+    """Frames from a folder of ``.jpg``/``.jpeg``/``.png`` images, in natural name order.
+
+    Args:
+        directory: the folder. Its file list is taken once, here; images are read lazily.
+        suffixes: file suffixes taken as frames (case-insensitive).
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        DataFileError: the folder holds no image.
+    """
+
+    def __init__(self, directory: str | Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> None:
+        self.path = Path(directory)
+        self.files = list_images(self.path, suffixes)
+        if not self.files:
+            raise DataFileError(
+                self.path, f"no images ({', '.join(suffixes)}) in frame folder {self.path}"
+            )
+        self._size: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        if self._size is None:
+            from PIL import Image
+
+            try:
+                with Image.open(self.files[0]) as im:
+                    self._size = (im.height, im.width)
+            except Exception as e:
+                raise DataFileError(self.files[0], f"cannot read frame {self.files[0]}: {e}") from e
+        return self._size
+
+    def __iter__(self) -> Iterator[Frame]:
+        first_shape = None
+        for i, f in enumerate(self.files):
+            image = read_frame(f)
+            if first_shape is None:
+                first_shape = image.shape
+            elif image.shape != first_shape:
+                raise DataFileError(
+                    f,
+                    f"frame {f} is {image.shape[1]}x{image.shape[0]} (width x height) but the "
+                    f"first frame is {first_shape[1]}x{first_shape[0]}",
+                )
+            yield Frame(i, f.stem, image)
+
+
+def _import_imageio_ffmpeg():
+    try:
+        import imageio_ffmpeg
+    except ImportError as e:
+        raise ImportError(
+            "reading or writing video files needs imageio-ffmpeg: "
+            "pip install 'dmm-deploy[video]' (or pip install imageio-ffmpeg)"
+        ) from e
+    return imageio_ffmpeg
+
+
+class VideoFileSource(FrameSource):
+    """Frames decoded from a video file with ffmpeg (through ``imageio-ffmpeg``), one at a time.
+
+    Frame names are the zero-padded index (``00000``, ``00001``, ...). ``len()`` is estimated
+    from the container's frame rate and duration (0 when they are unknown): use it for
+    progress bars, not for indexing.
+
+    Args:
+        path: the video file (mp4 and whatever else ffmpeg reads).
+
+    Attributes:
+        fps: frames per second from the container (0 when unknown).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataFileError: ffmpeg cannot open it (its metadata is read here).
+        ImportError: ``imageio-ffmpeg`` is not installed.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"video not found: {self.path}")
+        self._ffmpeg = _import_imageio_ffmpeg()
+        gen = self._open()
+        try:
+            meta = self._next(gen, -1)
+        finally:
+            gen.close()
+        if meta is None:
+            raise DataFileError(self.path, f"cannot read video {self.path}: no metadata")
+        w, h = meta["size"]
+        self._size = (int(h), int(w))
+        self.fps = float(meta.get("fps") or 0.0)
+        duration = float(meta.get("duration") or 0.0)
+        self._len = round(self.fps * duration) if self.fps > 0 and duration > 0 else 0
+
+    def _open(self):
+        return self._ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
+
+    def _next(self, gen, index: int):
+        try:
+            return next(gen)
+        except StopIteration:
+            return None
+        except Exception as e:
+            what = "video" if index < 0 else f"frame {index} of video"
+            msg = str(e).strip().splitlines()
+            reason = msg[0] if msg else type(e).__name__
+            raise DataFileError(self.path, f"cannot read {what} {self.path}: {reason}") from e
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self._size
+
+    def __iter__(self) -> Iterator[Frame]:
+        h, w = self._size
+        nbytes = h * w * 3
+        gen = self._open()
+        try:
+            self._next(gen, -1)  # metadata
+            index = 0
+            while True:
+                raw = self._next(gen, index)
+                if raw is None:
+                    return
+                if len(raw) != nbytes:
+                    raise DataFileError(
+                        self.path,
+                        f"cannot read frame {index} of video {self.path}: got {len(raw)} bytes, "
+                        f"expected {nbytes}",
+                    )
+                image = np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3).copy()
+                yield Frame(index, f"{index:05d}", image)
+                index += 1
+        finally:
+            gen.close()
+
+
+def open_frames(path: str | Path) -> FrameSource:
+    """Open a folder of images or a video file as a lazy :class:`FrameSource`.
+
+    Args:
+        path: a folder (-> :class:`ImageFolderSource`) or a file whose suffix is in
+            :data:`VIDEO_SUFFIXES` (-> :class:`VideoFileSource`).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is a file that is not a video.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return ImageFolderSource(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"frames not found: {path} (expected a folder of images or a video)"
+        )
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return VideoFileSource(path)
+    raise ValueError(
+        f"frames must be a folder of images or a video file ({', '.join(VIDEO_SUFFIXES)}), "
+        f"got {path}"
+    )
+
+
+def write_frames(
+    directory: str | Path, frames: np.ndarray, names: Sequence[str] | None = None, ext: str = ".png"
+) -> list[Path]:
+    """Write a ``(T, H, W, 3)`` uint8 RGB stack as ``directory/<name><ext>`` images.
+
+    Args:
+        directory: output folder (created).
+        frames: ``(T, H, W, 3)`` uint8 array.
+        names: ``T`` file stems; default ``00000``, ``00001``, ...
+        ext: ``.png`` (lossless) or ``.jpg`` (quality 95).
+
+    Returns:
+        The written paths.
+    """
+    from PIL import Image
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(
+            f"frames must be a (T, H, W, 3) uint8 array, got shape {frames.shape} "
+            f"dtype {frames.dtype}"
+        )
+    if ext.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"ext must be '.png', '.jpg' or '.jpeg', got {ext!r}")
+    if names is None:
+        names = [f"{t:05d}" for t in range(frames.shape[0])]
+    if len(names) != frames.shape[0]:
+        raise ValueError(f"names must have {frames.shape[0]} entries, got {len(names)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, image in zip(names, frames, strict=True):
+        p = directory / f"{name}{ext}"
+        kwargs = {"quality": 95} if ext.lower() != ".png" else {}
+        Image.fromarray(image).save(p, **kwargs)
+        out.append(p)
+    return out

@@ -1,0 +1,128 @@
+"""Evaluation of DAVIS-layout folders: ``ROOT/<sequence>/<frame>.png`` or one sequence folder.
+
+``--gt`` and ``--pred`` may each be a root whose sub-folders are sequences, or a single
+sequence folder holding the PNGs itself. The frames of a sequence are the ground truth's PNGs;
+the prediction must have a PNG of the same name and size for every scored frame (with the
+first and last frames excluded, their predictions may be missing). Extra predicted frames and
+sequences are ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dmm_deploy.data.davis import DataFileError, list_images, read_label_dir, read_mask
+from dmm_deploy.eval.evaluate import EvalResults, evaluate_sequence
+
+__all__ = ["evaluate_dirs", "find_sequences", "load_prediction"]
+
+
+def find_sequences(root: str | Path, what: str = "folder") -> dict[str, Path]:
+    """Sequence name -> folder of PNG label maps.
+
+    Args:
+        root: a folder holding PNGs (one sequence, named after the folder) or sub-folders that
+            hold PNGs (one sequence each, sub-folders without PNGs are skipped).
+        what: how to name ``root`` in errors (e.g. ``"ground-truth folder"``).
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        DataFileError: neither ``root`` nor its sub-folders hold PNGs.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{what} not found: {root}")
+    if list_images(root, (".png",)):
+        return {root.resolve().name: root}
+    seqs = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and list_images(d, (".png",))}
+    if not seqs:
+        raise DataFileError(root, f"no PNG label maps in {what} {root} or its sub-folders")
+    return seqs
+
+
+def load_prediction(
+    pred_dir: Path, names: list[str], size: tuple[int, int], skip: set[int] = frozenset()
+) -> np.ndarray:
+    """Read ``pred_dir/<name>.png`` for every name into a ``(T, H, W)`` uint8 stack.
+
+    Args:
+        pred_dir: the predicted sequence's folder.
+        names: frame stems, in order (the ground truth's).
+        size: ``(H, W)`` every prediction must have.
+        skip: positions whose file may be missing (left as zeros: they are not scored).
+
+    Raises:
+        DataFileError: a needed prediction is missing, unreadable or of another size.
+    """
+    out = np.zeros((len(names), *size), dtype=np.uint8)
+    for i, name in enumerate(names):
+        path = pred_dir / f"{name}.png"
+        if not path.is_file():
+            if i in skip:
+                continue
+            raise DataFileError(path, f"missing prediction {path} (ground truth has frame {name})")
+        labels = read_mask(path)
+        if labels.shape != tuple(size):
+            raise DataFileError(
+                path,
+                f"prediction {path} is {labels.shape[1]}x{labels.shape[0]} (width x height) but "
+                f"the ground truth is {size[1]}x{size[0]}",
+            )
+        out[i] = labels
+    return out
+
+
+def evaluate_dirs(
+    gt: str | Path,
+    pred: str | Path,
+    *,
+    exclude_first_last: bool = True,
+    bound_th: float = 0.008,
+    progress: bool = False,
+) -> EvalResults:
+    """Evaluate predicted palette PNGs against DAVIS ground truth folders.
+
+    Args:
+        gt: ground-truth root (sub-folder per sequence) or one sequence folder.
+        pred: prediction root, or one sequence folder when ``gt`` is one sequence.
+        exclude_first_last: leave out each sequence's first and last frame (DAVIS 2017
+            semi-supervised).
+        bound_th: boundary tolerance (fraction of the diagonal if < 1, else pixels).
+        progress: show a progress bar over sequences on stderr.
+
+    Returns:
+        :class:`~dmm_deploy.eval.evaluate.EvalResults`.
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        DataFileError: missing sequences/frames, unreadable files, or size mismatches (the
+            message names the file).
+    """
+    from tqdm import tqdm
+
+    gt, pred = Path(gt), Path(pred)
+    gt_seqs = find_sequences(gt, "ground-truth folder")
+    if not pred.is_dir():
+        raise FileNotFoundError(f"prediction folder not found: {pred}")
+    single = len(gt_seqs) == 1 and next(iter(gt_seqs.values())) == gt
+    pred_dirs: dict[str, Path] = {}
+    for seq in gt_seqs:
+        if single and list_images(pred, (".png",)):
+            pred_dirs[seq] = pred
+        elif (pred / seq).is_dir():
+            pred_dirs[seq] = pred / seq
+        else:
+            raise DataFileError(
+                pred / seq, f"no prediction for sequence {seq!r}: {pred / seq} not found"
+            )
+    objects = []
+    for seq, gdir in tqdm(gt_seqs.items(), desc="eval", unit="seq", disable=not progress):
+        names, g = read_label_dir(gdir)
+        skip = {0, len(names) - 1} if exclude_first_last else set()
+        p = load_prediction(pred_dirs[seq], names, g.shape[1:], skip)
+        objects += evaluate_sequence(
+            g, p, seq, exclude_first_last=exclude_first_last, bound_th=bound_th
+        )
+    return EvalResults(objects)

@@ -30,13 +30,72 @@ def _run_export(args: argparse.Namespace) -> int:
     return run_export(options_from_args(args), args.out, verify=not args.no_verify)
 
 
+# -- trt-build / trt-run --------------------------------------------------------------------
+
+
+def _add_trt_build(p: argparse.ArgumentParser) -> None:
+    from dmm_deploy.export.engine_job import add_build_args
+
+    add_build_args(p)
+
+
+def _run_trt_build(args: argparse.Namespace) -> int:
+    from dmm_deploy.export.engine_job import run_build
+
+    try:
+        return run_build(args)
+    except (ImportError, RuntimeError) as e:  # no TensorRT / no GPU / parser errors (whole)
+        raise UserError(str(e)) from e
+
+
+def _add_trt_run(p: argparse.ArgumentParser) -> None:
+    from dmm_deploy.export.engine_job import add_run_args
+
+    add_run_args(p)
+
+
+def _run_trt_run(args: argparse.Namespace) -> int:
+    from dmm_deploy.export.engine_job import run_engine
+
+    try:
+        return run_engine(args)
+    except (ImportError, RuntimeError) as e:
+        raise UserError(str(e)) from e
+
+
+# -- eval -----------------------------------------------------------------------------------
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    from dmm_deploy.eval.eval_job import add_eval_args
+
+    add_eval_args(p)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from dmm_deploy.eval.eval_job import run_eval
+
+    return run_eval(args)
+
+
 # -- registry -------------------------------------------------------------------------------
 
 COMMANDS = {
+    "eval": ("score predicted masks against DAVIS ground truth (J&F)", _add_eval, _run_eval),
     "export": (
         "export the matcher to ONNX, check it and compare it with the reference",
         _add_export,
         _run_export,
+    ),
+    "trt-build": (
+        "build a TensorRT engine from the exported matcher",
+        _add_trt_build,
+        _run_trt_build,
+    ),
+    "trt-run": (
+        "run a TensorRT engine on random problems, check and time it",
+        _add_trt_run,
+        _run_trt_run,
     ),
 }
 

@@ -25,6 +25,11 @@ from dmm_deploy.matching.reference import match_reference
 __all__ = ["PARITY_ATOL", "add_export_args", "options_from_args", "run_export"]
 
 PARITY_ATOL = 1e-5
+# float16 inputs are rounded before the reference runs, so these bound arithmetic error only:
+# mixed rounds the output (<= 1) to float16 (half an ulp below 1 is 2**-12, 4.9e-4 measured);
+# fp16 rounds every intermediate result too (1.1e-2 measured over 1000 problems, see
+# bench/results/cpu/precision.md).
+PARITY_ATOL_BY_PRECISION = {"fp32": PARITY_ATOL, "mixed": 1e-3, "fp16": 2e-2}
 MAX_FULL_SIZE_OPS_PER_STEP = 7
 
 
@@ -87,6 +92,19 @@ def add_export_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="fix batch, n and m (default: all three dynamic)",
     )
     p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "mixed"),
+        default="fp32",
+        help="fp32 (default); fp16: the whole graph in float16; mixed: float16 inputs/output "
+        "cast at the boundary, float32 arithmetic",
+    )
+    p.add_argument(
+        "--plugin",
+        action="store_true",
+        help="export the matcher as one TensorRT plugin node (dmm_deploy::dmm_match, needs "
+        "TensorRT >= 10.9 and the plugin registered at build time)",
+    )
+    p.add_argument(
         "--no-verify", action="store_true", help="skip the onnxruntime parity check and timing"
     )
     return p
@@ -99,6 +117,8 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         lr=args.lr,
         opset=args.opset,
         static_shape=args.static,
+        precision=getattr(args, "precision", "fp32"),
+        plugin=getattr(args, "plugin", False),
     )
 
 
@@ -106,6 +126,8 @@ def _timing(path: Path, options: ExportOptions) -> tuple[tuple[int, int, int], f
     """One-thread median time of onnxruntime and the eager reference on one batch."""
     shape = options.static_shape or (64, 8, 128)
     cost, x_init = random_problems(shape, seed=123)
+    if options.precision != "fp32":
+        cost, x_init = cost.astype("float16"), x_init.astype("float16")
     sess = ort_session(path, threads=1)
     feeds = {"cost": cost, "x_init": x_init}
     t_ort = median_time(lambda: sess.run(None, feeds), repeat=10)
@@ -122,13 +144,36 @@ def _timing(path: Path, options: ExportOptions) -> tuple[tuple[int, int, int], f
     return shape, t_ort, t_torch
 
 
+def _tensorrt_verdicts(model, log) -> int:
+    """Print the TensorRT compatibility verdict for 10.3 (JetPack 6) and 11.0; 1 on problems."""
+    from dmm_deploy.export.tensorrt_compat import check_tensorrt
+
+    code = 0
+    for version in ("10.3", "11.0"):
+        problems = check_tensorrt(model, trt_version=version)
+        verdict = (
+            "OK" if not problems else f"{len(problems)} problem(s): " + "; ".join(problems[:3])
+        )
+        log(f"tensorrt  {version}: {verdict}")
+        if problems:
+            code = 1
+    return code
+
+
 def run_export(options: ExportOptions, out: Path, verify: bool = True, log=print) -> int:
     """Export, check and report; returns the process exit code (0 = everything held)."""
+    if options.plugin:
+        from dmm_deploy.export.trt_plugin import run_plugin_export
+
+        return run_plugin_export(options, out, log=log)
     model = export_matcher(out, options)
     stats = graph_stats(model, options.n_grad, options.n_proj)
     size = os.path.getsize(out)
     dims = "x".join(map(str, options.static_shape)) if options.static_shape else "B x n x m dynamic"
-    log(f"exported  {out}  ({size / 1024:.0f} KiB, opset {options.opset}, {dims})")
+    log(
+        f"exported  {out}  ({size / 1024:.0f} KiB, opset {options.opset}, {dims}, "
+        f"precision {options.precision})"
+    )
     log(f"matcher   n_grad={options.n_grad} n_proj={options.n_proj} lr={options.lr}")
     log(
         "checks    onnx.checker OK, shape inference OK, no Loop/Scan/If, Reduce axes are initializers"
@@ -144,27 +189,17 @@ def run_export(options: ExportOptions, out: Path, verify: bool = True, log=print
     if stats.full_size_ops_per_inner_step > MAX_FULL_SIZE_OPS_PER_STEP:
         log(f"FAIL      more than {MAX_FULL_SIZE_OPS_PER_STEP} full-size ops per inner step")
         code = 1
-    try:
-        from dmm_deploy.export.tensorrt_compat import check_tensorrt
-    except ImportError:
-        check_tensorrt = None
-    if check_tensorrt is not None:
-        for version in ("10.3", "11.0"):
-            problems = check_tensorrt(model, trt_version=version)
-            verdict = (
-                "OK" if not problems else f"{len(problems)} problem(s): " + "; ".join(problems[:3])
-            )
-            log(f"tensorrt  {version}: {verdict}")
-            if problems:
-                code = 1
+    code |= _tensorrt_verdicts(model, log)
     if not verify:
         return code
+    atol = PARITY_ATOL_BY_PRECISION[options.precision]
+    runner = "torch float16 (node by node)" if options.precision == "fp16" else "onnxruntime"
     worst = 0.0
     for shape, err in verify_onnxruntime(out, options):
         worst = max(worst, err)
-        log(f"parity    onnxruntime vs float64 reference at {shape}: max abs error {err:.2e}")
-    if worst > PARITY_ATOL:
-        log(f"FAIL      max abs error {worst:.2e} > {PARITY_ATOL:.0e}")
+        log(f"parity    {runner} vs float64 reference at {shape}: max abs error {err:.2e}")
+    if worst > atol:
+        log(f"FAIL      max abs error {worst:.2e} > {atol:.0e}")
         code = 1
     shape, t_ort, t_torch = _timing(out, options)
     log(

@@ -21,6 +21,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from dmm_deploy.export.precision import PRECISIONS, apply_precision, run_graph_torch
 from dmm_deploy.matching.reference import match_reference
 
 __all__ = [
@@ -63,6 +64,10 @@ class ExportOptions:
     """What one export of the matcher is: iterations, opset and which dims stay dynamic.
 
     ``static_shape`` fixes ``(B, n, m)``; ``None`` keeps all three dynamic.
+    ``precision``: ``"fp32"``, ``"fp16"`` (the whole graph in float16) or ``"mixed"`` (float16
+    inputs and output, float32 arithmetic); see :mod:`dmm_deploy.export.precision`.
+    ``plugin``: export the matcher as one TensorRT plugin node instead of the unrolled graph
+    (see :mod:`dmm_deploy.export.trt_plugin`).
     """
 
     n_grad: int = 40
@@ -70,6 +75,12 @@ class ExportOptions:
     lr: float = 0.01
     opset: int = 17
     static_shape: tuple[int, int, int] | None = None
+    precision: str = "fp32"
+    plugin: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 class MatcherGraph(torch.nn.Module):
@@ -168,10 +179,26 @@ def graph_stats(model: onnx.ModelProto, n_grad: int, n_proj: int) -> GraphStats:
 def export_matcher(path: str | Path, options: ExportOptions = ExportOptions()) -> onnx.ModelProto:
     """Export the matcher to ``path``, fold constants, check, infer shapes; return the model.
 
+    With ``options.plugin`` the graph is one TensorRT plugin node instead
+    (:func:`dmm_deploy.export.trt_plugin.make_plugin_model`).
+
     Raises ``RuntimeError`` listing the problems if the graph fails :func:`check_graph`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if options.plugin:
+        from dmm_deploy.export.trt_plugin import make_plugin_model
+
+        model = make_plugin_model(
+            options.n_grad,
+            options.n_proj,
+            options.lr,
+            half=options.precision != "fp32",
+            static_shape=options.static_shape,
+            opset=options.opset,
+        )
+        onnx.save(model, str(path))
+        return model
     shape = options.static_shape or (2, 3, 5)
     cost = torch.rand(shape)
     x_init = torch.zeros(shape)
@@ -196,9 +223,11 @@ def export_matcher(path: str | Path, options: ExportOptions = ExportOptions()) -
         )
     model = onnx.load(str(path))
     fold_constant_nodes(model)
+    model = apply_precision(model, options.precision)
     model.doc_string = (
         f"DMM matcher: n_grad={options.n_grad} n_proj={options.n_proj} lr={options.lr}; "
         "output is the mean of the projected-gradient iterates (x_init included)"
+        + ("" if options.precision == "fp32" else f"; precision {options.precision}")
     )
     onnx.checker.check_model(model, full_check=True)
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
@@ -242,12 +271,31 @@ def random_problems(shape, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def verify_onnxruntime(
     path: str | Path, options: ExportOptions, seed: int = 0
 ) -> list[tuple[tuple[int, int, int], float]]:
-    """Max abs error of onnxruntime against the float64 torch reference, per shape."""
-    sess = ort_session(path)
+    """Max abs error of the exported graph against the float64 torch reference, per shape.
+
+    The graph runs in onnxruntime (CPU), except for ``precision="fp16"``: onnxruntime's CPU
+    provider computes float16 graphs in float32, so that graph runs node by node in torch
+    float16 (:func:`dmm_deploy.export.precision.run_graph_torch`). For ``fp16`` and ``mixed``
+    the inputs are rounded to float16 and the reference is computed from the rounded inputs.
+    """
+    half = options.precision != "fp32"
+    if options.precision == "fp16":
+        model = onnx.load(str(path))
+
+        def run(feeds):
+            return run_graph_torch(model, feeds)[OUTPUT_NAME]
+    else:
+        sess = ort_session(path)
+
+        def run(feeds):
+            return sess.run([OUTPUT_NAME], feeds)[0]
+
     results = []
     for i, shape in enumerate(parity_shapes(options)):
         cost, x_init = random_problems(shape, seed + i)
-        (got,) = sess.run([OUTPUT_NAME], {"cost": cost, "x_init": x_init})
+        if half:
+            cost, x_init = cost.astype(np.float16), x_init.astype(np.float16)
+        got = run({"cost": cost, "x_init": x_init}).astype(np.float64)
         want = match_reference(
             torch.from_numpy(cost).double(),
             torch.from_numpy(x_init).double(),

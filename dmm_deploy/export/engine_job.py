@@ -1,0 +1,141 @@
+"""Build and run TensorRT engines from the command line.
+
+Shared by ``python export/build_engine.py`` and ``dmm-deploy trt-build`` / ``trt-run``; the
+logic is in :mod:`dmm_deploy.export.tensorrt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from dmm_deploy.export.tensorrt import BuilderOptions, ShapeProfile, parse_shape
+
+__all__ = ["add_build_args", "add_run_args", "options_from_args", "run_build", "run_engine"]
+
+
+def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of an engine build."""
+    p.add_argument("onnx", type=Path, help="exported matcher (python export/to_onnx.py)")
+    p.add_argument(
+        "--engine", type=Path, default=None, help="output plan (default: ONNX path .engine)"
+    )
+    p.add_argument(
+        "--min", default="1x1x1", metavar="BxNxM", help="profile minimum (default 1x1x1)"
+    )
+    p.add_argument(
+        "--opt", default="8x8x128", metavar="BxNxM", help="profile optimum (default 8x8x128)"
+    )
+    p.add_argument(
+        "--max", default="64x16x512", metavar="BxNxM", help="profile maximum (default 64x16x512)"
+    )
+    p.add_argument("--workspace-mib", type=int, default=1024, help="workspace pool limit (MiB)")
+    p.add_argument("--opt-level", type=int, default=3, help="builder optimization level 0..5")
+    p.add_argument(
+        "--weak-fp16",
+        action="store_true",
+        help="TensorRT 10.x only: weakly typed network with BuilderFlag.FP16 (removed in 11)",
+    )
+    p.add_argument("--plugin", action="store_true", help="register the dmm_match plugin first")
+    p.add_argument(
+        "--cache-dir", type=Path, default=Path("artifacts/engine_cache"), help="engine cache folder"
+    )
+    p.add_argument(
+        "--timing-cache",
+        type=Path,
+        default=Path("artifacts/engine_cache/timing.cache"),
+        help="timing cache file (read and updated)",
+    )
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> BuilderOptions:
+    """:class:`BuilderOptions` from parsed build arguments (``ValueError`` on bad values)."""
+    return BuilderOptions(
+        profile=ShapeProfile.parse(args.min, args.opt, args.max),
+        workspace_mib=args.workspace_mib,
+        optimization_level=args.opt_level,
+        weak_fp16=args.weak_fp16,
+        plugin=args.plugin,
+    )
+
+
+def run_build(args: argparse.Namespace, log=print) -> int:
+    """Build (or fetch from the cache) the engine; returns the exit code."""
+    from dmm_deploy.export.tensorrt import build_engine
+
+    options = options_from_args(args)
+    path = build_engine(
+        args.onnx,
+        args.engine,
+        options,
+        cache_dir=args.cache_dir,
+        timing_cache=args.timing_cache,
+        log=log,
+    )
+    log(f"engine    {path}")
+    return 0
+
+
+def add_run_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of an engine run."""
+    p.add_argument("engine", type=Path, help="serialized engine (dmm-deploy trt-build)")
+    p.add_argument(
+        "--shape", default="8x8x128", metavar="BxNxM", help="problem batch (default 8x8x128)"
+    )
+    p.add_argument(
+        "--n-grad", type=int, default=40, help="outer steps the engine was exported with"
+    )
+    p.add_argument("--n-proj", type=int, default=5, help="Dykstra cycles it was exported with")
+    p.add_argument("--lr", type=float, default=0.01, help="step it was exported with")
+    p.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
+    p.add_argument("--plugin", action="store_true", help="register the dmm_match plugin first")
+    return p
+
+
+def run_engine(args: argparse.Namespace, log=print) -> int:
+    """Run the engine on random problems, compare with the float64 reference, time it."""
+    import torch
+
+    from dmm_deploy.export.onnx_export import random_problems
+    from dmm_deploy.export.tensorrt import EngineRunner
+    from dmm_deploy.matching.reference import match_reference
+
+    shape = parse_shape(args.shape, "--shape")
+    if args.repeat < 1:
+        raise ValueError(f"--repeat must be a positive integer, got {args.repeat}")
+    runner = EngineRunner(args.engine, plugin=args.plugin)
+    cost, x_init = random_problems(shape, seed=0)
+    c = torch.from_numpy(cost).cuda()
+    x = torch.from_numpy(x_init).cuda()
+    feeds = {"cost": c, "x_init": x}
+    (out,) = runner.run(feeds).values()
+    torch.cuda.synchronize()
+    dt = runner.dtypes["cost"]
+    want = match_reference(
+        torch.from_numpy(cost).to(dt).double(),
+        torch.from_numpy(x_init).to(dt).double(),
+        args.n_grad,
+        args.n_proj,
+        args.lr,
+    )
+    err = float((out.double().cpu() - want).abs().max())
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(args.repeat + 3):
+        start.record()
+        runner.run(feeds)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    ms = float(np.median(times[3:]))
+    log(
+        f"engine    {args.engine}  inputs {runner.input_names} ({dt}), outputs {runner.output_names}"
+    )
+    log(f"parity    vs float64 reference at {shape}: max abs error {err:.2e}")
+    log(
+        f"time      {shape}: median {ms:.3f} ms over {args.repeat} runs ({torch.cuda.get_device_name()})"
+    )
+    return 0

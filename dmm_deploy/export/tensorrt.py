@@ -1,0 +1,456 @@
+"""TensorRT engines for the exported matcher: build (ONNX -> plan) and run.
+
+Written against TensorRT's documented Python API (``tensorrt.Builder``, ``OnnxParser``,
+``IBuilderConfig``, ``Runtime``, ``IExecutionContext.execute_async_v3``) for TensorRT 10.x and
+11.x. TensorRT is imported inside the functions that need it; without it they raise an
+``ImportError`` that says how to install it. The pure-Python parts (options, cache keys,
+profile parsing, error formatting, the 10.x/11.x flag choice) work and are tested without it.
+
+The differences between TensorRT 10 and 11 are handled in one place, :func:`network_setup`:
+TensorRT 11 removed the weak-typing precision flags (``BuilderFlag.FP16`` ...) and builds
+every network strongly typed, so precision is chosen at export time (``--precision``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "BuilderOptions",
+    "EngineRunner",
+    "ShapeProfile",
+    "TensorRTBuildError",
+    "build_engine",
+    "engine_cache_path",
+    "format_parser_errors",
+    "import_tensorrt",
+    "network_setup",
+    "parse_shape",
+    "trt_version_tuple",
+]
+
+INSTALL_HINT = (
+    "TensorRT's Python package is needed for this: pip install 'dmm-deploy[trt]' "
+    "(or use the tensorrt package of your JetPack / NGC container)"
+)
+
+
+def import_tensorrt():
+    """``import tensorrt``, or an ``ImportError`` that says how to install it."""
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise ImportError(INSTALL_HINT) from e
+    return tensorrt
+
+
+def trt_version_tuple(version: str) -> tuple[int, int]:
+    """``"10.3.0.26"`` -> ``(10, 3)``."""
+    parts = str(version).split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise ValueError(f"cannot read a TensorRT version from {version!r}") from None
+
+
+# -- shapes and options ---------------------------------------------------------------------
+
+
+def parse_shape(text: str, name: str = "shape") -> tuple[int, int, int]:
+    """``"8x16x128"`` -> ``(8, 16, 128)``: batch, n, m, all positive."""
+    try:
+        dims = tuple(int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise ValueError(f"{name} must be BxNxM with three positive integers, got {text!r}")
+    return dims  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """Minimum, optimum and maximum ``(B, n, m)`` of one TensorRT optimization profile."""
+
+    min: tuple[int, int, int] = (1, 1, 1)
+    opt: tuple[int, int, int] = (8, 8, 128)
+    max: tuple[int, int, int] = (64, 16, 512)
+
+    def __post_init__(self) -> None:
+        for name in ("min", "opt", "max"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, tuple)
+                or len(value) != 3
+                or not all(isinstance(v, int) and v >= 1 for v in value)
+            ):
+                raise ValueError(
+                    f"profile {name} must be a (B, n, m) tuple of positive ints, got {value!r}"
+                )
+        for i, dim in enumerate("Bnm"):
+            if not self.min[i] <= self.opt[i] <= self.max[i]:
+                raise ValueError(
+                    f"profile needs min <= opt <= max for {dim}, got "
+                    f"{self.min[i]}, {self.opt[i]}, {self.max[i]}"
+                )
+
+    @classmethod
+    def parse(cls, min_text: str, opt_text: str, max_text: str) -> ShapeProfile:
+        """From three ``BxNxM`` strings (the command line's ``--min/--opt/--max``)."""
+        return cls(
+            parse_shape(min_text, "--min"),
+            parse_shape(opt_text, "--opt"),
+            parse_shape(max_text, "--max"),
+        )
+
+
+@dataclass(frozen=True)
+class BuilderOptions:
+    """Everything that decides what engine a build produces (and so keys the engine cache).
+
+    profile: the optimization profile applied to every ``(B, n, m)`` input.
+    workspace_mib: the builder's workspace memory pool limit.
+    optimization_level: ``IBuilderConfig.builder_optimization_level`` (0..5, TensorRT's default 3).
+    weak_fp16: TensorRT 10.x only: a weakly typed network with ``BuilderFlag.FP16``, which lets
+        TensorRT choose fp16 kernels for an fp32 graph. Off by default: the network is strongly
+        typed and computes in the types of the exported graph (``--precision`` at export).
+        TensorRT 11 removed this flag; asking for it there is an error.
+    plugin: register the ``dmm_deploy::dmm_match`` plugin before parsing (graphs exported with
+        ``--plugin``).
+    """
+
+    profile: ShapeProfile = field(default_factory=ShapeProfile)
+    workspace_mib: int = 1024
+    optimization_level: int = 3
+    weak_fp16: bool = False
+    plugin: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.profile, ShapeProfile):
+            raise TypeError(f"profile must be a ShapeProfile, got {type(self.profile).__name__}")
+        if not isinstance(self.workspace_mib, int) or self.workspace_mib < 1:
+            raise ValueError(f"workspace_mib must be a positive int, got {self.workspace_mib!r}")
+        if not isinstance(self.optimization_level, int) or not 0 <= self.optimization_level <= 5:
+            raise ValueError(
+                f"optimization_level must be an int in 0..5, got {self.optimization_level!r}"
+            )
+
+    def cache_tag(self, onnx_digest: str, trt_version: str, gpu_name: str) -> str:
+        """A short stable key of these options, the ONNX file, the TensorRT version and the GPU."""
+        payload = json.dumps(
+            {
+                "options": asdict(self),
+                "onnx": onnx_digest,
+                "tensorrt": str(trt_version),
+                "gpu": str(gpu_name),
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def engine_cache_path(cache_dir: str | Path, onnx_path: str | Path, tag: str) -> Path:
+    """Where the engine for ``onnx_path`` with cache ``tag`` lives in ``cache_dir``."""
+    return Path(cache_dir) / f"{Path(onnx_path).stem}-{tag}.engine"
+
+
+# -- the TensorRT 10 / 11 differences, in one place ------------------------------------------
+
+
+def network_setup(trt, options: BuilderOptions) -> tuple[int, list]:
+    """Network creation flags and builder flags for this TensorRT and these options.
+
+    TensorRT 10.x: strongly typed networks on request (``NetworkDefinitionCreationFlag.
+    STRONGLY_TYPED``, the default here), or weakly typed with ``BuilderFlag.FP16``
+    (``weak_fp16``). Explicit batch is implied in 10.x (its flag is deprecated and not used).
+    TensorRT 11.x: every network is strongly typed and the precision flags are gone: flags 0.
+    Returns ``(network_flags, builder_flags)``; raises ``ValueError`` for what the version lacks.
+    """
+    major, _ = trt_version_tuple(trt.__version__)
+    if major < 10:
+        raise ValueError(f"TensorRT >= 10 is needed, found {trt.__version__}")
+    if major >= 11:
+        if options.weak_fp16:
+            raise ValueError(
+                f"TensorRT {trt.__version__} builds strongly typed networks only (BuilderFlag.FP16 "
+                "was removed): export with --precision fp16 or mixed instead of --weak-fp16"
+            )
+        return 0, []
+    if options.weak_fp16:
+        return 0, [trt.BuilderFlag.FP16]
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED), []
+
+
+# -- parser errors -------------------------------------------------------------------------
+
+
+class TensorRTBuildError(RuntimeError):
+    """The ONNX parser or the builder refused the graph; the message holds all its errors."""
+
+
+def _call(obj, name: str, default=None):
+    fn = getattr(obj, name, None)
+    if fn is None:
+        return default
+    try:
+        return fn() if callable(fn) else fn
+    except Exception:  # an accessor missing in this TensorRT build: leave the field out
+        return default
+
+
+def format_parser_errors(parser, onnx_path: str | Path = "") -> str:
+    """Every error of an ``OnnxParser``, whole: description, node, operator, code, location.
+
+    ``parser`` needs ``num_errors`` and ``get_error(i)``; each error's ``desc()``, ``code()``,
+    ``node()``, ``node_name()``, ``node_operator()``, ``file()``, ``line()`` and ``func()`` are
+    shown when present.
+    """
+    count = int(parser.num_errors)
+    head = f"TensorRT's ONNX parser rejected {onnx_path or 'the graph'} ({count} error(s)):"
+    lines = [head]
+    for i in range(count):
+        err = parser.get_error(i)
+        desc = _call(err, "desc", "")
+        where = []
+        node = _call(err, "node")
+        if node is not None and node != -1:
+            where.append(f"node #{node}")
+        name = _call(err, "node_name")
+        if name:
+            where.append(f"name {name!r}")
+        op = _call(err, "node_operator")
+        if op:
+            where.append(f"op {op}")
+        code = _call(err, "code")
+        if code is not None:
+            where.append(f"code {getattr(code, 'name', code)}")
+        src = _call(err, "file")
+        if src:
+            where.append(f"at {src}:{_call(err, 'line', '?')} {_call(err, 'func', '')}".rstrip())
+        lines.append(f"  [{i}] {desc}" + (f"  ({', '.join(where)})" if where else ""))
+    if count == 0:
+        lines.append("  (the parser reported failure without errors; see the TensorRT log above)")
+    return "\n".join(lines)
+
+
+# -- build ---------------------------------------------------------------------------------
+
+
+def gpu_name(device: int = 0) -> str:
+    """The CUDA device's name (through torch); ``RuntimeError`` without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("TensorRT engines need a CUDA GPU, and none is visible")
+    return torch.cuda.get_device_name(device)
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path | None = None,
+    options: BuilderOptions | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    timing_cache: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Build a serialized TensorRT engine from ``onnx_path``; return the engine's path.
+
+    engine_path: where to write the plan (default: the ONNX path with ``.engine``).
+    options: :class:`BuilderOptions` (default profile 1x1x1 / 8x8x128 / 64x16x512).
+    cache_dir: an engine cache: a build whose key (options, ONNX bytes, TensorRT version, GPU
+        name: :meth:`BuilderOptions.cache_tag`) is there is copied instead of rebuilt.
+    timing_cache: a timing-cache file, read when present and written back after the build.
+    Raises :class:`TensorRTBuildError` with every parser error when the graph is refused,
+    ``ImportError`` without TensorRT, ``RuntimeError`` without a GPU.
+    """
+    options = options or BuilderOptions()
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"no ONNX file at {onnx_path}")
+    engine_path = Path(engine_path) if engine_path else onnx_path.with_suffix(".engine")
+    if options.plugin:
+        from dmm_deploy.export.trt_plugin import check_plugin_profile
+
+        check_plugin_profile(onnx_path, options.profile)
+    trt = import_tensorrt()
+    network_flags, builder_flags = network_setup(trt, options)
+    gpu = gpu_name()
+    tag = options.cache_tag(file_digest(onnx_path), trt.__version__, gpu)
+    cached = engine_cache_path(cache_dir, onnx_path, tag) if cache_dir else None
+    if cached is not None and cached.is_file():
+        engine_path.parent.mkdir(parents=True, exist_ok=True)
+        if cached.resolve() != engine_path.resolve():
+            shutil.copyfile(cached, engine_path)
+        log(f"engine    cache hit {cached} -> {engine_path}")
+        return engine_path
+
+    if options.plugin:
+        from dmm_deploy.export.trt_plugin import register_plugin
+
+        register_plugin()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise TensorRTBuildError(format_parser_errors(parser, onnx_path))
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    config.builder_optimization_level = options.optimization_level
+    for flag in builder_flags:
+        config.set_flag(flag)
+    profile = builder.create_optimization_profile()
+    p = options.profile
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        if len(tensor.shape) != 3:
+            raise TensorRTBuildError(
+                f"input {tensor.name!r} has shape {tuple(tensor.shape)}; the profile is for (B, n, m)"
+            )
+        profile.set_shape(tensor.name, p.min, p.opt, p.max)
+    config.add_optimization_profile(profile)
+    tc_path = Path(timing_cache) if timing_cache else None
+    tc_bytes = tc_path.read_bytes() if tc_path is not None and tc_path.is_file() else b""
+    cache = config.create_timing_cache(tc_bytes)
+    config.set_timing_cache(cache, False)
+
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise TensorRTBuildError(
+            f"TensorRT could not build an engine from {onnx_path} (see its log)"
+        )
+    log(
+        f"engine    built in {time.perf_counter() - t0:.1f} s with TensorRT {trt.__version__} on {gpu}"
+    )
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    engine_path.write_bytes(bytes(plan))
+    if tc_path is not None:
+        tc_path.parent.mkdir(parents=True, exist_ok=True)
+        tc_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(engine_path, cached)
+    return engine_path
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
+class EngineRunner:
+    """Run a serialized TensorRT engine on torch CUDA tensors or numpy arrays.
+
+    engine: the path of a plan file, or its bytes.
+    device: CUDA device index (default: the current device).
+    plugin: register the ``dmm_deploy::dmm_match`` plugin first (engines of ``--plugin``
+        exports built with a Python-only plugin implementation).
+
+    ``runner(cost=..., x_init=...)`` (or ``runner.run({...})``) sets the input shapes, runs on the
+    current torch CUDA stream and returns ``{output name: value}``: torch CUDA tensors when the
+    inputs were torch tensors (not synchronized: use them on the same stream), numpy arrays
+    after a synchronization when they were numpy. Inputs are cast to the engine's input types
+    (float16 engines take float32 arrays too).
+    """
+
+    def __init__(self, engine: str | Path | bytes, device: int | None = None, plugin: bool = False):
+        import torch
+
+        if isinstance(engine, (str, Path)):
+            path = Path(engine)
+            if not path.is_file():
+                raise FileNotFoundError(f"no engine file at {path}")
+            engine = path.read_bytes()
+        if not isinstance(engine, (bytes, bytearray)):
+            raise TypeError(f"engine must be a path or bytes, got {type(engine).__name__}")
+        trt = import_tensorrt()
+        if not torch.cuda.is_available():
+            raise RuntimeError("EngineRunner needs a CUDA GPU, and none is visible")
+        if plugin:
+            from dmm_deploy.export.trt_plugin import register_plugin
+
+            register_plugin()
+        self._torch = torch
+        self.device = torch.device(
+            "cuda", torch.cuda.current_device() if device is None else device
+        )
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        with torch.cuda.device(self.device):
+            self.engine = self._runtime.deserialize_cuda_engine(bytes(engine))
+            if self.engine is None:
+                raise RuntimeError("TensorRT could not deserialize the engine (see its log)")
+            self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.input_names = [n for n in names if is_input[n]]
+        self.output_names = [n for n in names if not is_input[n]]
+        self.dtypes = {
+            n: torch.from_numpy(
+                np.empty(0, dtype=trt.nptype(self.engine.get_tensor_dtype(n)))
+            ).dtype
+            for n in names
+        }
+
+    def run(self, feeds: dict | None = None, **inputs) -> dict:
+        """Run once; ``feeds`` and keyword inputs name every engine input (see the class)."""
+        torch = self._torch
+        feeds = {**(feeds or {}), **inputs}
+        missing = set(self.input_names) - set(feeds)
+        extra = set(feeds) - set(self.input_names)
+        if missing or extra:
+            raise ValueError(
+                f"inputs must be exactly {self.input_names}; missing {sorted(missing)}, "
+                f"unexpected {sorted(extra)}"
+            )
+        as_numpy = not all(isinstance(v, torch.Tensor) for v in feeds.values())
+        keep = []
+        for name in self.input_names:
+            value = feeds[name]
+            if isinstance(value, np.ndarray):
+                value = torch.from_numpy(np.ascontiguousarray(value))
+            elif not isinstance(value, torch.Tensor):
+                raise TypeError(f"input {name!r} must be a numpy array or torch tensor")
+            value = value.to(device=self.device, dtype=self.dtypes[name]).contiguous()
+            keep.append(value)
+            if not self.context.set_input_shape(name, tuple(value.shape)):
+                raise ValueError(
+                    f"input {name!r} shape {tuple(value.shape)} is outside the engine's profile"
+                )
+            self.context.set_tensor_address(name, value.data_ptr())
+        outputs = {}
+        for name in self.output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise RuntimeError(f"output {name!r} shape {shape} is not determined by the inputs")
+            out = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
+            self.context.set_tensor_address(name, out.data_ptr())
+            outputs[name] = out
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed (see its log)")
+        if as_numpy:
+            stream.synchronize()
+            return {k: v.cpu().numpy() for k, v in outputs.items()}
+        for v in keep:  # inputs converted here must live until the stream has used them
+            v.record_stream(stream)
+        return outputs
+
+    __call__ = run

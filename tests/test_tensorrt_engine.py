@@ -1,0 +1,415 @@
+"""Engine building and running: pure-Python parts without TensorRT, the rest with it.
+
+The build flow is exercised against a small stand-in for the ``tensorrt`` module that
+records what the builder was asked to do; the real build/run tests are marked ``trt`` and
+``gpu`` and skip without TensorRT or a CUDA device.
+"""
+
+import dataclasses
+import importlib.util
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from dmm_deploy.export import tensorrt as trt_mod
+from dmm_deploy.export.tensorrt import (
+    INSTALL_HINT,
+    BuilderOptions,
+    ShapeProfile,
+    TensorRTBuildError,
+    build_engine,
+    engine_cache_path,
+    format_parser_errors,
+    import_tensorrt,
+    network_setup,
+    parse_shape,
+)
+
+# -- pure Python ----------------------------------------------------------------------------
+
+
+def test_parse_shape():
+    assert parse_shape("8x16x128") == (8, 16, 128)
+    assert parse_shape("1X1X1") == (1, 1, 1)
+    for bad in ("8x16", "0x1x1", "axbxc", "1x2x3x4", ""):
+        with pytest.raises(ValueError, match="BxNxM"):
+            parse_shape(bad, "--opt")
+
+
+def test_shape_profile_validation():
+    p = ShapeProfile.parse("1x1x1", "4x8x64", "16x16x256")
+    assert (p.min, p.opt, p.max) == ((1, 1, 1), (4, 8, 64), (16, 16, 256))
+    with pytest.raises(ValueError, match="min <= opt <= max for m"):
+        ShapeProfile((1, 1, 1), (4, 8, 512), (16, 16, 256))
+    with pytest.raises(ValueError, match="min <= opt <= max for B"):
+        ShapeProfile((8, 1, 1), (4, 8, 64), (16, 16, 256))
+    with pytest.raises(ValueError, match="profile opt"):
+        ShapeProfile((1, 1, 1), (4, 8), (16, 16, 256))
+    with pytest.raises(ValueError, match="--max"):
+        ShapeProfile.parse("1x1x1", "2x2x2", "big")
+
+
+def test_builder_options_are_frozen_validated_and_hashable():
+    opts = BuilderOptions()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.workspace_mib = 2  # type: ignore[misc]
+    assert hash(opts) == hash(BuilderOptions())
+    assert len({opts, BuilderOptions(), BuilderOptions(weak_fp16=True)}) == 2
+    with pytest.raises(ValueError, match="workspace_mib"):
+        BuilderOptions(workspace_mib=0)
+    with pytest.raises(ValueError, match="optimization_level"):
+        BuilderOptions(optimization_level=6)
+    with pytest.raises(TypeError, match="ShapeProfile"):
+        BuilderOptions(profile=((1, 1, 1), (2, 2, 2), (3, 3, 3)))
+
+
+def test_cache_tag_is_stable_and_keys_everything():
+    base = BuilderOptions()
+    tag = base.cache_tag("abc", "10.3.0", "NVIDIA H100")
+    assert tag == BuilderOptions().cache_tag("abc", "10.3.0", "NVIDIA H100")
+    assert len(tag) == 16 and int(tag, 16) >= 0
+    others = {
+        base.cache_tag("abd", "10.3.0", "NVIDIA H100"),
+        base.cache_tag("abc", "11.0.0", "NVIDIA H100"),
+        base.cache_tag("abc", "10.3.0", "Orin"),
+        BuilderOptions(workspace_mib=2048).cache_tag("abc", "10.3.0", "NVIDIA H100"),
+        BuilderOptions(optimization_level=5).cache_tag("abc", "10.3.0", "NVIDIA H100"),
+        BuilderOptions(weak_fp16=True).cache_tag("abc", "10.3.0", "NVIDIA H100"),
+        BuilderOptions(plugin=True).cache_tag("abc", "10.3.0", "NVIDIA H100"),
+        BuilderOptions(profile=ShapeProfile(opt=(8, 8, 64))).cache_tag(
+            "abc", "10.3.0", "NVIDIA H100"
+        ),
+    }
+    assert tag not in others and len(others) == 8
+    assert engine_cache_path("c", "x/dmm_matcher.onnx", tag).name == f"dmm_matcher-{tag}.engine"
+
+
+def _fake_trt(version: str):
+    """A stand-in for the parts of the ``tensorrt`` module that the build uses."""
+    m = types.SimpleNamespace(__version__=version)
+    m.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
+    m.BuilderFlag = types.SimpleNamespace(FP16="FP16")
+    m.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    m.calls = []
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            self.level = level
+
+    class Input:
+        def __init__(self, name):
+            self.name, self.shape = name, (-1, -1, -1)
+
+    class Network:
+        num_inputs = 2
+
+        def get_input(self, i):
+            return Input(("cost", "x_init")[i])
+
+    class Error:
+        def __init__(self, i):
+            self.i = i
+
+        def desc(self):
+            return f"unsupported thing number {self.i}"
+
+        def node(self):
+            return 10 + self.i
+
+        def node_name(self):
+            return f"/node_{self.i}"
+
+        def node_operator(self):
+            return "Unique"
+
+        def code(self):
+            return types.SimpleNamespace(name="UNSUPPORTED_NODE")
+
+        def file(self):
+            return "onnxOpImporters.cpp"
+
+        def line(self):
+            return 123
+
+        def func(self):
+            return "importUnique"
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.num_errors = 0
+
+        def parse_from_file(self, path):
+            m.calls.append(("parse", path))
+            if m.fail_parse:
+                self.num_errors = 2
+                return False
+            return True
+
+        def get_error(self, i):
+            return Error(i)
+
+    class TimingCache:
+        def __init__(self, data):
+            self.data = data
+
+        def serialize(self):
+            return self.data + b"+timed"
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            m.calls.append(("profile", name, lo, opt, hi))
+
+    class Config:
+        builder_optimization_level = None
+
+        def set_memory_pool_limit(self, pool, size):
+            m.calls.append(("pool", pool, size))
+
+        def set_flag(self, flag):
+            m.calls.append(("flag", flag))
+
+        def add_optimization_profile(self, p):
+            m.calls.append(("add_profile",))
+
+        def create_timing_cache(self, data):
+            m.calls.append(("timing_cache_in", bytes(data)))
+            return TimingCache(bytes(data))
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            m.calls.append(("network_flags", flags))
+            return Network()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            m.calls.append(("build", config.builder_optimization_level))
+            return b"PLAN"
+
+    m.Logger, m.Builder, m.OnnxParser = Logger, Builder, OnnxParser
+    m.fail_parse = False
+    return m
+
+
+@pytest.mark.parametrize(
+    ("version", "weak", "expected"),
+    [
+        ("10.3.0.26", False, (2, [])),  # 1 << STRONGLY_TYPED(=1)
+        ("10.14.1", True, (0, ["FP16"])),
+        ("11.0.0", False, (0, [])),
+    ],
+)
+def test_network_setup_per_version(version, weak, expected):
+    assert network_setup(_fake_trt(version), BuilderOptions(weak_fp16=weak)) == expected
+
+
+def test_network_setup_refuses_what_the_version_lacks():
+    with pytest.raises(ValueError, match="strongly typed networks only"):
+        network_setup(_fake_trt("11.1.0"), BuilderOptions(weak_fp16=True))
+    with pytest.raises(ValueError, match="TensorRT >= 10"):
+        network_setup(_fake_trt("8.6.1"), BuilderOptions())
+
+
+def test_parser_errors_are_shown_whole():
+    fake = _fake_trt("10.3.0")
+    parser = fake.OnnxParser(None, None)
+    parser.num_errors = 2
+    text = format_parser_errors(parser, "m.onnx")
+    assert text.splitlines()[0] == "TensorRT's ONNX parser rejected m.onnx (2 error(s)):"
+    for i in range(2):
+        assert f"unsupported thing number {i}" in text
+        assert f"node #{10 + i}" in text and f"'/node_{i}'" in text
+    assert "op Unique" in text and "code UNSUPPORTED_NODE" in text
+    assert "onnxOpImporters.cpp:123 importUnique" in text
+    parser.num_errors = 0
+    assert "without errors" in format_parser_errors(parser)
+
+
+@pytest.fixture
+def fake_build(monkeypatch, tmp_path):
+    def use(version="10.3.0"):
+        fake = _fake_trt(version)
+        monkeypatch.setattr(trt_mod, "import_tensorrt", lambda: fake)
+        monkeypatch.setattr(trt_mod, "gpu_name", lambda device=0: "Fake GPU")
+        onnx_path = tmp_path / "m.onnx"
+        onnx_path.write_bytes(b"not really onnx")
+        return fake, onnx_path
+
+    return use
+
+
+def test_build_flow_profile_timing_and_engine_cache(fake_build, tmp_path):
+    fake, onnx_path = fake_build("10.3.0")
+    opts = BuilderOptions(
+        profile=ShapeProfile((1, 1, 1), (4, 8, 64), (16, 16, 256)), workspace_mib=256
+    )
+    tc = tmp_path / "tc" / "timing.cache"
+    cache = tmp_path / "cache"
+    lines = []
+    path = build_engine(
+        onnx_path, tmp_path / "out.engine", opts, cache_dir=cache, timing_cache=tc, log=lines.append
+    )
+    assert path.read_bytes() == b"PLAN"
+    assert ("network_flags", 2) in fake.calls
+    assert ("pool", "WORKSPACE", 256 << 20) in fake.calls
+    assert ("build", 3) in fake.calls
+    for name in ("cost", "x_init"):
+        assert ("profile", name, (1, 1, 1), (4, 8, 64), (16, 16, 256)) in fake.calls
+    assert ("timing_cache_in", b"") in fake.calls
+    assert tc.read_bytes() == b"+timed"
+    assert len(list(cache.glob("m-*.engine"))) == 1
+    # same key: copied from the cache, nothing parsed or built
+    fake.calls.clear()
+    again = build_engine(
+        onnx_path,
+        tmp_path / "again.engine",
+        opts,
+        cache_dir=cache,
+        timing_cache=tc,
+        log=lines.append,
+    )
+    assert again.read_bytes() == b"PLAN" and fake.calls == []
+    assert "cache hit" in lines[-1]
+    # another option: rebuilt, with the timing cache read back
+    build_engine(
+        onnx_path,
+        tmp_path / "o5.engine",
+        BuilderOptions(optimization_level=5),
+        cache_dir=cache,
+        timing_cache=tc,
+        log=lines.append,
+    )
+    assert ("build", 5) in fake.calls and ("timing_cache_in", b"+timed") in fake.calls
+    assert len(list(cache.glob("m-*.engine"))) == 2
+
+
+def test_build_flow_tensorrt_11_and_weak_fp16(fake_build, tmp_path):
+    fake, onnx_path = fake_build("11.0.0")
+    build_engine(onnx_path, tmp_path / "e.engine", BuilderOptions(), log=lambda s: None)
+    assert ("network_flags", 0) in fake.calls
+    assert not [c for c in fake.calls if c[0] == "flag"]
+    with pytest.raises(ValueError, match="strongly typed"):
+        build_engine(onnx_path, tmp_path / "e.engine", BuilderOptions(weak_fp16=True))
+    fake, onnx_path = fake_build("10.8.0")
+    build_engine(onnx_path, None, BuilderOptions(weak_fp16=True), log=lambda s: None)
+    assert ("flag", "FP16") in fake.calls and ("network_flags", 0) in fake.calls
+    assert onnx_path.with_suffix(".engine").read_bytes() == b"PLAN"
+
+
+def test_build_flow_parser_failure(fake_build, tmp_path):
+    fake, onnx_path = fake_build()
+    fake.fail_parse = True
+    with pytest.raises(TensorRTBuildError) as info:
+        build_engine(onnx_path, tmp_path / "e.engine")
+    assert "unsupported thing number 0" in str(info.value)
+    assert "unsupported thing number 1" in str(info.value)
+    assert not (tmp_path / "e.engine").exists()
+
+
+def test_missing_onnx_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        build_engine(tmp_path / "nope.onnx")
+
+
+def test_without_tensorrt_the_error_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(ImportError, match=r"pip install 'dmm-deploy\[trt\]'"):
+        import_tensorrt()
+    assert "dmm-deploy[trt]" in INSTALL_HINT
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None,
+    reason="TensorRT is installed: the missing-TensorRT message cannot be shown",
+)
+def test_cli_without_tensorrt_prints_one_line(tmp_path):
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"x")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dmm_deploy.cli",
+            "trt-build",
+            str(onnx_path),
+            "--cache-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "dmm-deploy[trt]" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "dmm_deploy.cli", "trt-build", str(onnx_path), "--min", "4x4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "--min must be BxNxM" in proc.stderr
+
+
+# -- with TensorRT and a GPU ----------------------------------------------------------------
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "mixed", "fp16"])
+def test_real_engine_build_and_run(tmp_path, precision):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    cuda_device = torch.device("cuda")
+    from dmm_deploy.export import ExportOptions, export_matcher
+    from dmm_deploy.export.onnx_export import random_problems
+    from dmm_deploy.export.tensorrt import EngineRunner
+    from dmm_deploy.matching import match_reference
+
+    onnx_path = tmp_path / "m.onnx"
+    export_matcher(onnx_path, ExportOptions(n_grad=8, n_proj=3, precision=precision))
+    opts = BuilderOptions(profile=ShapeProfile((1, 1, 1), (4, 8, 64), (8, 16, 128)))
+    engine = build_engine(
+        onnx_path,
+        tmp_path / "m.engine",
+        opts,
+        cache_dir=tmp_path / "c",
+        timing_cache=tmp_path / "t.cache",
+    )
+    runner = EngineRunner(engine)
+    assert runner.input_names == ["cost", "x_init"] and runner.output_names == ["assignment"]
+    cost, x_init = random_problems((3, 5, 40), seed=0)
+    out = runner(cost=cost, x_init=x_init)["assignment"]  # numpy in, numpy out
+    dt = torch.float32 if precision == "fp32" else torch.float16
+    want = match_reference(
+        torch.from_numpy(cost).to(dt).double(), torch.from_numpy(x_init).to(dt).double(), 8, 3, 0.01
+    ).numpy()
+    atol = {"fp32": 1e-5, "mixed": 1e-3, "fp16": 2e-2}[precision]
+    assert np.abs(out.astype(np.float64) - want).max() <= atol
+    got = runner(
+        cost=torch.from_numpy(cost).to(cuda_device), x_init=torch.from_numpy(x_init).to(cuda_device)
+    )
+    torch.cuda.synchronize()
+    np.testing.assert_allclose(got["assignment"].cpu().numpy(), out)
+    with pytest.raises(ValueError, match="outside the engine's profile"):
+        runner(cost=np.zeros((9, 5, 40), np.float32), x_init=np.zeros((9, 5, 40), np.float32))

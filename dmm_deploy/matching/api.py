@@ -53,6 +53,8 @@ def _check_sizes(sizes, b: int, n: int, m: int, device) -> torch.Tensor:
             f"sizes must have shape ({b}, 2) (one (n_b, m_b) per problem), got {tuple(sizes.shape)}"
         )
     sizes = sizes.to(device=device, dtype=torch.int64)
+    if torch.compiler.is_compiling():  # a value check needs a host sync: not in a traced graph
+        return sizes
     if bool(((sizes < 1) | (sizes[:, 0] > n)[:, None] | (sizes[:, 1] > m)[:, None]).any()):
         raise ValueError(
             f"sizes must satisfy 1 <= n_b <= {n} and 1 <= m_b <= {m} for every problem"
@@ -123,7 +125,8 @@ def dmm_match(
         return_info: also return a :class:`MatchInfo` (objective and feasibility error per
             outer step, feasibility per inner step); computed by the torch reference.
         check_finite: reject NaN/Inf in ``cost``/``x_init`` (costs one device sync; turn off
-            in hot loops whose inputs are known to be finite).
+            in hot loops whose inputs are known to be finite). Inside ``torch.compile`` this
+            check and the range check of ``sizes`` are skipped (they would break the graph).
 
     Returns:
         The mean of the iterates, same shape and dtype as ``cost``; with ``return_info`` a
@@ -171,7 +174,7 @@ def dmm_match(
     else:
         raise TypeError(f"x_init must be a tensor, None or 'greedy', got {type(x_init).__name__}")
 
-    if check_finite:
+    if check_finite and not torch.compiler.is_compiling():
         valid = None
         if sizes is not None:
             rows, cols = valid_mask(sizes, n, m)

@@ -1,0 +1,153 @@
+"""The ``backend="triton"`` path of :func:`dmm_deploy.matching.dmm_match`.
+
+Two ``torch.library`` custom operators wrap the fused kernels of :mod:`kernels.matcher`:
+
+* ``dmm_deploy::dmm_match_fwd(cost, x_init, sizes, n_grad, n_proj, lr, save_bits)
+  -> (out, r_bits, a_bits)``: one launch for the batch; with ``save_bits`` it also returns the
+  int64 bit planes (relu pattern and active columns of every inner step) the backward needs;
+* ``dmm_deploy::dmm_match_bwd(grad_out, r_bits, a_bits, sizes, n_grad, n_proj, lr)
+  -> (grad_cost, grad_x_init)``: the reverse sweep, one launch.
+
+Both have fake (meta) implementations, so ``torch.compile(fullgraph=True)`` and
+``torch.export`` trace them without running a kernel or breaking the graph. The backward is
+registered on the forward op with ``torch.library.register_autograd`` (PyTorch wraps the pair
+in a ``torch.autograd.Function``), so the op is differentiable wherever it is called from;
+only the two bit planes (and ``sizes``) are saved for backward, their size is given by
+:func:`kernels.matcher.bits_bytes_per_problem`. :func:`decompositions` maps the forward op
+back to the batched reference, so an exported program can be lowered to plain aten ops (for
+ONNX, say) with ``ExportedProgram.run_decompositions(decompositions())``.
+
+Documented fallback: problems beyond the kernels' limits (``n > 64`` or ``m > 1024``) and
+float64 inputs are solved by the reference (:func:`match_reference`), which gives the same
+answer more slowly; :func:`triton_supported` says which path a shape takes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dmm_deploy.matching.reference import match_reference
+from kernels import matcher as _kernels
+
+__all__ = ["decompositions", "triton_match", "triton_supported"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@torch.library.custom_op("dmm_deploy::dmm_match_fwd", mutates_args=())
+def dmm_match_fwd(
+    cost: torch.Tensor,
+    x_init: torch.Tensor,
+    sizes: torch.Tensor | None,
+    n_grad: int,
+    n_proj: int,
+    lr: float,
+    save_bits: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused forward: ``(mean of the iterates, r_bits, a_bits)``; bits empty unless save_bits."""
+    return _kernels.matcher_forward(cost, x_init, n_grad, n_proj, lr, sizes, save_bits)
+
+
+@dmm_match_fwd.register_fake
+def _(cost, x_init, sizes, n_grad, n_proj, lr, save_bits):
+    batch, n, m = cost.shape
+    out = cost.new_empty((batch, n, m))
+    if not save_bits:
+        empty = cost.new_empty((0,), dtype=torch.int64)
+        return out, empty, empty.clone()
+    r_shape, a_shape = _kernels.bits_shapes(batch, n, m, n_grad, n_proj)
+    return (
+        out,
+        cost.new_empty(r_shape, dtype=torch.int64),
+        cost.new_empty(a_shape, dtype=torch.int64),
+    )
+
+
+@torch.library.custom_op("dmm_deploy::dmm_match_bwd", mutates_args=())
+def dmm_match_bwd(
+    grad_out: torch.Tensor,
+    r_bits: torch.Tensor,
+    a_bits: torch.Tensor,
+    sizes: torch.Tensor | None,
+    n_grad: int,
+    n_proj: int,
+    lr: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused backward: ``(grad_cost, grad_x_init)`` from the forward's bit planes."""
+    return _kernels.matcher_backward(grad_out, r_bits, a_bits, n_grad, n_proj, lr, sizes)
+
+
+@dmm_match_bwd.register_fake
+def _(grad_out, r_bits, a_bits, sizes, n_grad, n_proj, lr):
+    return grad_out.new_empty(grad_out.shape), grad_out.new_empty(grad_out.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    _, _, sizes, n_grad, n_proj, lr, save_bits = inputs
+    _, r_bits, a_bits = output
+    ctx.save_for_backward(r_bits, a_bits, sizes)
+    ctx.n_grad, ctx.n_proj, ctx.lr, ctx.save_bits = n_grad, n_proj, lr, save_bits
+
+
+def _backward(ctx, grad_out, _grad_r_bits, _grad_a_bits):
+    if not ctx.save_bits:
+        raise RuntimeError(
+            "dmm_deploy::dmm_match_fwd was called with save_bits=False, so it kept nothing to "
+            "differentiate; call it with save_bits=True (triton_match does when grad is needed)"
+        )
+    r_bits, a_bits, sizes = ctx.saved_tensors
+    grad_cost, grad_x = dmm_match_bwd(
+        grad_out, r_bits, a_bits, sizes, ctx.n_grad, ctx.n_proj, ctx.lr
+    )
+    return grad_cost, grad_x, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "dmm_deploy::dmm_match_fwd", _backward, setup_context=_setup_context
+)
+
+
+def triton_supported(n: int, m: int, dtype: torch.dtype) -> bool:
+    """True when an ``n x m`` problem of ``dtype`` runs on the fused kernels (else: reference)."""
+    return 1 <= n <= _kernels.MAX_N and 1 <= m <= _kernels.MAX_M and dtype in _KERNEL_DTYPES
+
+
+def triton_match(
+    cost: torch.Tensor,
+    x_init: torch.Tensor,
+    n_grad: int,
+    n_proj: int,
+    lr: float,
+    sizes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The matcher on the fused kernels; arguments as :func:`match_reference`, validated.
+
+    cost, x_init: ``(B, n, m)`` of one dtype, on CUDA (or on the CPU under
+    ``TRITON_INTERPRET=1``); sizes: ``None`` or int64 ``(B, 2)`` on the same device.
+    Differentiable in ``cost`` and ``x_init``: the bit planes for the backward are only
+    written when grad mode is on and one of them requires grad. Shapes or dtypes the
+    kernels do not cover (see :func:`triton_supported`) run the reference instead.
+    """
+    _, n, m = cost.shape
+    if not triton_supported(n, m, cost.dtype):
+        return match_reference(cost, x_init, n_grad, n_proj, lr, sizes)
+    save_bits = torch.is_grad_enabled() and (cost.requires_grad or x_init.requires_grad)
+    if sizes is not None:
+        sizes = sizes.contiguous()
+    out, _, _ = dmm_match_fwd(cost, x_init, sizes, n_grad, n_proj, float(lr), save_bits)
+    return out
+
+
+def _reference_fwd(cost, x_init, sizes, n_grad, n_proj, lr, save_bits):
+    out = match_reference(cost, x_init, n_grad, n_proj, lr, sizes)
+    empty = cost.new_empty((0,), dtype=torch.int64)
+    return out, empty, empty
+
+
+def decompositions() -> dict:
+    """``{dmm_match_fwd: reference}`` for ``ExportedProgram.run_decompositions``.
+
+    Replaces the fused forward by the batched reference's aten ops (the bit planes become
+    empty tensors), e.g. before an ONNX export of a program traced with the Triton backend.
+    """
+    return {torch.ops.dmm_deploy.dmm_match_fwd.default: _reference_fwd}

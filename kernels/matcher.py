@@ -1,0 +1,759 @@
+"""Fused Triton kernels of the DMM matcher: one launch per batch, forward and backward.
+
+The matcher (Listing 1 of the DMM-Net supplement) runs ``n_grad`` projected-gradient steps
+``X <- X - lr * C``, each followed by ``n_proj`` Dykstra cycles over the row, column and
+non-negativity sets, and returns the mean of the ``n_grad + 1`` iterates. In the compact
+state of the batched reference (``dmm_deploy.matching.reference``) one inner step is::
+
+    a   = (rowsum(X) - 1) / m_b           masked to valid rows            (n,)
+    s   = colsum(X) - sum(a) + q1                                         (m,)
+    q1' = relu(s - 1)                     masked to valid columns         (m,)
+    X3  = X - a + (q1 - q1') / n_b + P2   masked to the valid region      (n, m)
+    X   = relu(X3);  P2 = X3 - X
+
+Forward (:func:`matcher_forward`): each program owns ``PROBLEMS`` whole problems. It loads
+the cost and ``x_init`` once, keeps ``X``, ``P2``, ``lr * C`` and the running sum of iterates
+as ``(PROBLEMS, BLOCK_N, BLOCK_M)`` register tiles and the column correction ``q1`` as a
+``(PROBLEMS, 1, BLOCK_M)`` vector, runs all ``n_grad * n_proj`` inner steps, and writes the
+mean once. Loads are converted to fp32, all arithmetic is fp32, the store casts to the input
+dtype. Offsets are int64.
+
+Backward (:func:`matcher_backward`): given the relu pattern ``R = [X3 > 0]`` and the active
+columns ``A = [s > 1]`` of every inner step, the step is linear, and its adjoint is::
+
+    G    = mask * (gP2 + R * (gX - gP2))          adjoint of X3
+    gd   = colsum(G);  gr = rowsum(G)
+    gs   = A * (gQ - gd / n_b)                    adjoint of s (gQ: adjoint of q1')
+    ga   = -gr - sum(gs)                          adjoint of a
+    gX   = G + rowvalid * ga / m_b + gs           adjoint of the step's input X
+    gP2  = G;  gQ = gd / n_b + gs                 adjoints of the input P2 and q1
+
+and across an outer step (``X <- X - lr C``, then its ``n_proj`` inner steps, then
+``S += X``): ``gX += g_out / (n_grad + 1)`` before its inner steps are replayed, and the
+``gX`` left after them adds ``-lr * gX`` to the cost's gradient; ``x_init`` gets the final
+``gX + g_out / (n_grad + 1)``. All of it masked to each problem's ``n_b x m_b`` block.
+
+so the reverse sweep needs no float state of the forward at all: when ``save_bits`` is set
+the forward packs ``R`` and ``A`` into int64 words in global scratch, and the backward kernel
+replays the steps in reverse from those bits, one launch for the batch.
+
+Bit layout (per problem; ``K = n_grad * n_proj``, ``SPW = 64 // BLOCK_N`` steps per word):
+
+* ``r_bits (B, ceil(K / SPW), m)``: bit ``(k % SPW) * BLOCK_N + i`` of word ``[b, k // SPW, j]``
+  is ``R[i, j]`` of inner step ``k``;
+* ``a_bits (B, ceil(K / 64), m)``: bit ``k % 64`` of word ``[b, k // 64, j]`` is ``A[j]``.
+
+Scratch per problem: ``8 * m * (ceil(K * BLOCK_N / 64) + ceil(K / 64))`` bytes (see
+:func:`bits_bytes_per_problem`), about ``K * m * (BLOCK_N + 1) / 8``: 11.6 kB for 5 x 50 and
+426 kB for 32 x 512 at 40 x 5 iterations. Autograd through the reference saves about one
+fp32 ``(n, m)`` tensor per inner step (33 to 38 bits per element and step, measured with
+saved-tensor hooks): 240 kB and 13.5 MB for the same two cases, 20 to 32 times more.
+
+Supported sizes: ``1 <= n <= 64`` and ``1 <= m <= 1024`` (``BLOCK_N = next_power_of_2(n)``,
+``BLOCK_M = next_power_of_2(m)``); the launch wrappers raise ``ValueError`` beyond them (the
+``dmm_deploy.matching`` backend falls back to the reference there). Register use (ptxas,
+sm_90): up to 16 x 256 the tiles fit without spills; 32 x 512 at 16 warps spills a few hundred
+bytes a thread; 64 x 1024 spills about 10 kB a thread to local memory (correct, but slower).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "MAX_M",
+    "MAX_N",
+    "AotKernel",
+    "bits_bytes_per_problem",
+    "bits_shapes",
+    "block_sizes",
+    "compile_backward",
+    "compile_backward_ptx",
+    "compile_forward",
+    "compile_forward_ptx",
+    "matcher_backward",
+    "matcher_forward",
+    "problems_per_program",
+]
+
+MAX_N = 64  # one int64 word holds a column of the relu pattern of one step
+MAX_M = 1024
+_ELEMENTS_PER_PROGRAM = 4096  # tiny problems are packed until a program holds this many
+_WARPS = (1, 2, 4, 8, 16)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _prune_warps(configs, named_args, **kwargs):
+    """Keep the warp counts that give each thread 4 to 64 elements of a tile.
+
+    Tiles too large for 64 a thread at the most warps keep the most warps; tiles too small
+    for 4 a thread at one warp keep one warp.
+    """
+    elems = kwargs["PROBLEMS"] * kwargs["BLOCK_N"] * kwargs["BLOCK_M"]
+    keep = [c for c in configs if 4 <= elems // (32 * c.num_warps) <= 64]
+    by_warps = sorted(configs, key=lambda c: c.num_warps)
+    return keep or [by_warps[-1] if elems > 64 * 32 else by_warps[0]]
+
+
+def _warp_configs() -> list[triton.Config]:
+    if _interpreting():  # the interpreter refuses multi-config autotuning
+        return [triton.Config({}, num_warps=4)]
+    return [triton.Config({}, num_warps=w) for w in _WARPS]
+
+
+# tl.sum, tl.zeros and tl.cdiv are themselves @triton.jit functions of triton.language, built
+# compiled or interpreted once, when triton.language is first imported. The kernels use only
+# builtins instead (tl.reduce(x, axis, _add) is what tl.sum does for fp32 and int64; tl.full;
+# integer arithmetic), so that they also run in Triton's interpreter when TRITON_INTERPRET=1 was
+# set after triton had been imported (torchvision imports it); the interpreter still recognises
+# _add as a plain sum.
+_add = tl.standard._sum_combine
+
+_SHAPE_KEY = ["BLOCK_N", "BLOCK_M", "PROBLEMS", "HAS_SIZES"]
+_PRUNE = {"early_config_prune": _prune_warps}
+
+
+@triton.autotune(_warp_configs(), key=[*_SHAPE_KEY, "SAVE_BITS"], prune_configs_by=_PRUNE)
+@triton.jit(do_not_specialize=["n_grad", "n_proj", "lr"])
+def _dmm_fwd_kernel(
+    cost_ptr,  # (B, n, m) fp32 / fp16 / bf16
+    x_init_ptr,  # (B, n, m) cost's dtype
+    sizes_ptr,  # (B, 2) int64 (n_b, m_b); unused unless HAS_SIZES
+    out_ptr,  # (B, n, m) cost's dtype, contiguous
+    r_bits_ptr,  # (B, ceil(K / SPW), m) int64, relu pattern; unused unless SAVE_BITS
+    a_bits_ptr,  # (B, ceil(K / 64), m) int64, active columns; unused unless SAVE_BITS
+    B,
+    n,
+    m,
+    n_grad,
+    n_proj,
+    lr,  # fp32 scalar
+    stride_cb,
+    stride_cn,
+    stride_cm,
+    stride_xb,
+    stride_xn,
+    stride_xm,
+    HAS_SIZES: tl.constexpr,
+    SAVE_BITS: tl.constexpr,
+    PROBLEMS: tl.constexpr,  # problems per program
+    BLOCK_N: tl.constexpr,  # next_power_of_2(n), <= 64
+    BLOCK_M: tl.constexpr,  # next_power_of_2(m)
+):
+    SPW: tl.constexpr = 64 // BLOCK_N  # inner steps per relu-pattern word
+    pid = tl.program_id(0)
+    prob = pid.to(tl.int64) * PROBLEMS + tl.arange(0, PROBLEMS).to(tl.int64)  # (P,)
+    rows = tl.arange(0, BLOCK_N)[None, :, None]  # (1, BN, 1)
+    cols = tl.arange(0, BLOCK_M)[None, None, :]  # (1, 1, BM)
+    prob_ok = prob < B
+    if HAS_SIZES:
+        n_b = tl.load(sizes_ptr + 2 * prob, mask=prob_ok, other=1)  # (P,)
+        m_b = tl.load(sizes_ptr + 2 * prob + 1, mask=prob_ok, other=1)
+    else:
+        n_b = tl.full((PROBLEMS,), 1, tl.int64) * n
+        m_b = tl.full((PROBLEMS,), 1, tl.int64) * m
+    row_ok = (rows < n_b[:, None, None]) & prob_ok[:, None, None]  # (P, BN, 1)
+    col_ok = (cols < m_b[:, None, None]) & prob_ok[:, None, None]  # (P, 1, BM)
+    valid = row_ok & col_ok  # (P, BN, BM): the problem's own n_b x m_b block
+    in_bounds = (rows < n) & (cols < m) & prob_ok[:, None, None]  # the whole padded block
+    inv_n = 1.0 / n_b[:, None, None].to(tl.float32)  # (P, 1, 1)
+    inv_m = 1.0 / m_b[:, None, None].to(tl.float32)
+
+    prob3 = prob[:, None, None]
+    c = tl.load(
+        cost_ptr + prob3 * stride_cb + rows * stride_cn + cols * stride_cm, mask=valid, other=0.0
+    )
+    x = tl.load(
+        x_init_ptr + prob3 * stride_xb + rows * stride_xn + cols * stride_xm, mask=valid, other=0.0
+    )
+    step = c.to(tl.float32) * lr  # (P, BN, BM)
+    x = x.to(tl.float32)
+    total = x
+    p2 = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)
+    q1 = tl.full((PROBLEMS, 1, BLOCK_M), 0.0, tl.float32)
+
+    if SAVE_BITS:
+        n_steps = n_grad * n_proj
+        r_base = r_bits_ptr + prob3 * (((n_steps + SPW - 1) // SPW) * m) + cols  # (P, 1, BM)
+        a_base = a_bits_ptr + prob3 * (((n_steps + 63) // 64) * m) + cols
+        row_bit = tl.full((1, BLOCK_N, 1), 1, tl.int64) << rows.to(tl.int64)  # (1, BN, 1)
+        r_word = tl.full((PROBLEMS, 1, BLOCK_M), 0, tl.int64)
+        a_word = tl.full((PROBLEMS, 1, BLOCK_M), 0, tl.int64)
+
+    for g in range(n_grad):
+        x = x - step
+        for j in range(n_proj):
+            row_sum = tl.reduce(x, 2, _add, keep_dims=True)  # (P, BN, 1)
+            col_sum = tl.reduce(x, 1, _add, keep_dims=True)  # (P, 1, BM), from the same X
+            a = tl.where(row_ok, (row_sum - 1.0) * inv_m, 0.0)
+            s = col_sum - tl.reduce(a, 1, _add, keep_dims=True) + q1
+            q1_new = tl.where(col_ok, tl.maximum(s - 1.0, 0.0), 0.0)  # (P, 1, BM)
+            x3 = tl.where(valid, x - a + (q1 - q1_new) * inv_n + p2, 0.0)
+            x = tl.maximum(x3, 0.0)
+            p2 = x3 - x
+            q1 = q1_new
+            if SAVE_BITS:
+                k = g * n_proj + j
+                last = k == n_steps - 1
+                # relu pattern of this step: BLOCK_N bits per column, SPW steps per word
+                slot = k % SPW
+                col_bits = tl.reduce(tl.where(x3 > 0.0, row_bit, 0), 1, _add, keep_dims=True)
+                r_word = tl.where(slot == 0, 0, r_word) | (col_bits << (slot * BLOCK_N))
+                flush = col_ok & ((slot == SPW - 1) | last)
+                tl.store(r_base + (k // SPW) * m, r_word, mask=flush)
+                # active columns: one bit per column, 64 steps per word
+                a_slot = k % 64
+                active = tl.where(q1_new > 0.0, 1, 0).to(tl.int64)
+                a_word = tl.where(a_slot == 0, 0, a_word) | (active << a_slot)
+                flush = col_ok & ((a_slot == 63) | last)
+                tl.store(a_base + (k // 64) * m, a_word, mask=flush)
+        total += x
+
+    out = total / (n_grad + 1).to(tl.float32)
+    out_offs = prob3 * n * m + rows * m + cols
+    tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=in_bounds)
+
+
+@triton.autotune(_warp_configs(), key=_SHAPE_KEY, prune_configs_by=_PRUNE)
+@triton.jit(do_not_specialize=["n_grad", "n_proj", "lr"])
+def _dmm_bwd_kernel(
+    grad_out_ptr,  # (B, n, m) cost's dtype
+    sizes_ptr,  # (B, 2) int64 (n_b, m_b); unused unless HAS_SIZES
+    r_bits_ptr,  # (B, ceil(K / SPW), m) int64, written by the forward
+    a_bits_ptr,  # (B, ceil(K / 64), m) int64, written by the forward
+    grad_cost_ptr,  # (B, n, m) cost's dtype, contiguous
+    grad_x_ptr,  # (B, n, m) cost's dtype, contiguous
+    B,
+    n,
+    m,
+    n_grad,
+    n_proj,
+    lr,  # fp32 scalar
+    stride_gb,
+    stride_gn,
+    stride_gm,
+    HAS_SIZES: tl.constexpr,
+    PROBLEMS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    SPW: tl.constexpr = 64 // BLOCK_N
+    pid = tl.program_id(0)
+    prob = pid.to(tl.int64) * PROBLEMS + tl.arange(0, PROBLEMS).to(tl.int64)  # (P,)
+    rows = tl.arange(0, BLOCK_N)[None, :, None]  # (1, BN, 1)
+    cols = tl.arange(0, BLOCK_M)[None, None, :]  # (1, 1, BM)
+    prob_ok = prob < B
+    if HAS_SIZES:
+        n_b = tl.load(sizes_ptr + 2 * prob, mask=prob_ok, other=1)
+        m_b = tl.load(sizes_ptr + 2 * prob + 1, mask=prob_ok, other=1)
+    else:
+        n_b = tl.full((PROBLEMS,), 1, tl.int64) * n
+        m_b = tl.full((PROBLEMS,), 1, tl.int64) * m
+    row_ok = (rows < n_b[:, None, None]) & prob_ok[:, None, None]  # (P, BN, 1)
+    col_ok = (cols < m_b[:, None, None]) & prob_ok[:, None, None]  # (P, 1, BM)
+    valid = row_ok & col_ok
+    in_bounds = (rows < n) & (cols < m) & prob_ok[:, None, None]
+    inv_n = 1.0 / n_b[:, None, None].to(tl.float32)
+    inv_m = 1.0 / m_b[:, None, None].to(tl.float32)
+
+    prob3 = prob[:, None, None]
+    g_offs = prob3 * stride_gb + rows * stride_gn + cols * stride_gm
+    g_out = tl.load(grad_out_ptr + g_offs, mask=valid, other=0.0).to(tl.float32)
+    g_total = g_out / (n_grad + 1).to(tl.float32)  # adjoint of every iterate in the mean
+    g_x = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)
+    g_p2 = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)
+    g_q = tl.full((PROBLEMS, 1, BLOCK_M), 0.0, tl.float32)
+    g_steps = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)  # sum of adjoints of X - lr C
+
+    n_steps = n_grad * n_proj
+    r_base = r_bits_ptr + prob3 * (((n_steps + SPW - 1) // SPW) * m) + cols  # (P, 1, BM)
+    a_base = a_bits_ptr + prob3 * (((n_steps + 63) // 64) * m) + cols
+    row_shift = rows.to(tl.int64)  # (1, BN, 1)
+
+    for gi in range(n_grad):
+        g_x += g_total
+        for ji in range(n_proj):
+            k = n_steps - 1 - (gi * n_proj + ji)
+            r_word = tl.load(r_base + (k // SPW) * m, mask=col_ok, other=0)  # (P, 1, BM)
+            relu_on = ((r_word >> ((k % SPW) * BLOCK_N + row_shift)) & 1) != 0  # (P, BN, BM)
+            a_word = tl.load(a_base + (k // 64) * m, mask=col_ok, other=0)
+            active = ((a_word >> (k % 64)) & 1) != 0  # (P, 1, BM)
+
+            g_x3 = tl.where(valid, tl.where(relu_on, g_x, g_p2), 0.0)
+            g_d = tl.reduce(g_x3, 1, _add, keep_dims=True)  # (P, 1, BM)
+            g_s = tl.where(active, g_q - g_d * inv_n, 0.0)
+            g_r = tl.reduce(g_x3, 2, _add, keep_dims=True)  # (P, BN, 1)
+            g_a = -g_r - tl.reduce(g_s, 2, _add, keep_dims=True)
+            g_x = g_x3 + tl.where(row_ok, g_a * inv_m, 0.0) + g_s
+            g_p2 = g_x3
+            g_q = g_d * inv_n + g_s
+        g_steps += g_x
+
+    out_offs = prob3 * n * m + rows * m + cols
+    dtype = grad_cost_ptr.dtype.element_ty
+    g_cost = tl.where(valid, -lr * g_steps, 0.0)
+    tl.store(grad_cost_ptr + out_offs, g_cost.to(dtype), mask=in_bounds)
+    g_init = tl.where(valid, g_x + g_total, 0.0)
+    tl.store(grad_x_ptr + out_offs, g_init.to(dtype), mask=in_bounds)
+
+
+# ---------------------------------------------------------------------------------------------
+# launch wrappers
+
+
+def block_sizes(n: int, m: int) -> tuple[int, int]:
+    """``(BLOCK_N, BLOCK_M)`` for an ``n x m`` problem; ``ValueError`` beyond the limits."""
+    if not (1 <= n <= MAX_N and 1 <= m <= MAX_M):
+        raise ValueError(
+            f"the fused matcher kernels support 1 <= n <= {MAX_N} and 1 <= m <= {MAX_M}, "
+            f"got n={n}, m={m}"
+        )
+    return triton.next_power_of_2(n), triton.next_power_of_2(m)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def problems_per_program(batch: int, block_n: int, block_m: int, device: torch.device) -> int:
+    """Problems one program solves: tiny problems are packed up to 4096 elements a program.
+
+    On a GPU packing stops while it would leave fewer than two programs per SM; under the
+    interpreter (CPU tensors) packing is always as dense as allowed, which cuts Python overhead.
+    """
+    cap = max(1, _ELEMENTS_PER_PROGRAM // (block_n * block_m))
+    if device.type == "cuda":
+        per_sm = batch // (2 * _sm_count(device.index or 0))
+        cap = min(cap, max(1, per_sm))
+    cap = min(cap, triton.next_power_of_2(batch))
+    return 1 << (cap.bit_length() - 1)  # a power of two
+
+
+def bits_shapes(batch: int, n: int, m: int, n_grad: int, n_proj: int):
+    """Shapes of the int64 scratch ``(r_bits, a_bits)`` the forward writes for the backward."""
+    block_n, _ = block_sizes(n, m)
+    n_steps = n_grad * n_proj
+    spw = 64 // block_n
+    return (batch, -(-n_steps // spw), m), (batch, -(-n_steps // 64), m)
+
+
+def bits_bytes_per_problem(n: int, m: int, n_grad: int, n_proj: int) -> int:
+    """Bytes of backward scratch per problem (both bit planes), for an ``n x m`` problem."""
+    r_shape, a_shape = bits_shapes(1, n, m, n_grad, n_proj)
+    return 8 * (r_shape[1] * r_shape[2] + a_shape[1] * a_shape[2])
+
+
+def _check_problem(name: str, t: torch.Tensor, like: torch.Tensor | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if t.ndim != 3:
+        raise ValueError(f"{name} must have shape (B, n, m), got {tuple(t.shape)}")
+    if t.device.type != "cuda" and not _interpreting():
+        raise ValueError(
+            f"{name} must be a CUDA tensor (or set TRITON_INTERPRET=1 before importing the "
+            f"kernels to run them on the CPU), got device {t.device}"
+        )
+    if like is not None and (
+        t.shape != like.shape or t.dtype != like.dtype or t.device != like.device
+    ):
+        raise ValueError(
+            f"{name} must match cost: shape {tuple(like.shape)}, dtype {like.dtype}, "
+            f"device {like.device}; got {tuple(t.shape)}, {t.dtype}, {t.device}"
+        )
+
+
+def _check_sizes(sizes: torch.Tensor | None, batch: int, device: torch.device) -> None:
+    if sizes is None:
+        return
+    if sizes.dtype != torch.int64 or tuple(sizes.shape) != (batch, 2):
+        raise ValueError(
+            f"sizes must be an int64 tensor of shape ({batch}, 2), "
+            f"got {sizes.dtype} {tuple(sizes.shape)}"
+        )
+    if sizes.device != device or not sizes.is_contiguous():
+        raise ValueError(f"sizes must be contiguous and on {device}, got {sizes.device}")
+
+
+def _check_out(name: str, t: torch.Tensor, shape, dtype, device) -> None:
+    if tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device:
+        raise ValueError(
+            f"{name} must be a {dtype} tensor of shape {tuple(shape)} on {device}, "
+            f"got {t.dtype} {tuple(t.shape)} on {t.device}"
+        )
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+def _check_iterations(n_grad: int, n_proj: int, lr: float) -> None:
+    if n_grad < 1 or n_proj < 1:
+        raise ValueError(f"n_grad and n_proj must be >= 1, got {n_grad}, {n_proj}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+
+
+def matcher_forward(
+    cost: torch.Tensor,
+    x_init: torch.Tensor,
+    n_grad: int,
+    n_proj: int,
+    lr: float,
+    sizes: torch.Tensor | None = None,
+    save_bits: bool = False,
+    out: torch.Tensor | None = None,
+):
+    """Mean of the matcher's iterates for a batch, in one kernel launch.
+
+    Args:
+        cost, x_init: ``(B, n, m)`` tensors, float32/float16/bfloat16, same dtype and device
+            (CUDA, or CPU under ``TRITON_INTERPRET=1``), any strides; ``1 <= n <= 64``,
+            ``1 <= m <= 1024``.
+        n_grad, n_proj, lr: outer steps, Dykstra cycles per outer step, gradient step.
+        sizes: optional contiguous int64 ``(B, 2)`` per-problem ``(n_b, m_b)`` (already
+            validated: ``1 <= n_b <= n``, ``1 <= m_b <= m``); the output is zero outside.
+        save_bits: also write the relu pattern and active columns of every inner step for
+            :func:`matcher_backward` (layout in the module docstring).
+        out: optional contiguous ``(B, n, m)`` output of cost's dtype to write into.
+
+    Returns:
+        ``(out, r_bits, a_bits)``: the ``(B, n, m)`` mean in cost's dtype and the int64 bit
+        planes (empty ``(0,)`` tensors unless ``save_bits``).
+    """
+    _check_problem("cost", cost)
+    _check_problem("x_init", x_init, cost)
+    batch, n, m = cost.shape
+    block_n, block_m = block_sizes(n, m)
+    _check_iterations(n_grad, n_proj, lr)
+    _check_sizes(sizes, batch, cost.device)
+    if out is None:
+        out = torch.empty((batch, n, m), dtype=cost.dtype, device=cost.device)
+    _check_out("out", out, (batch, n, m), cost.dtype, cost.device)
+    if save_bits:
+        r_shape, a_shape = bits_shapes(batch, n, m, n_grad, n_proj)
+        r_bits = torch.empty(r_shape, dtype=torch.int64, device=cost.device)
+        a_bits = torch.empty(a_shape, dtype=torch.int64, device=cost.device)
+    else:
+        r_bits = torch.empty((0,), dtype=torch.int64, device=cost.device)
+        a_bits = torch.empty((0,), dtype=torch.int64, device=cost.device)
+    if batch == 0:
+        return out, r_bits, a_bits
+
+    problems = problems_per_program(batch, block_n, block_m, cost.device)
+    grid = lambda META: (triton.cdiv(batch, META["PROBLEMS"]),)
+    _dmm_fwd_kernel[grid](
+        cost,
+        x_init,
+        sizes if sizes is not None else out,  # never read without sizes
+        out,
+        r_bits,
+        a_bits,
+        batch,
+        n,
+        m,
+        n_grad,
+        n_proj,
+        float(lr),
+        *cost.stride(),
+        *x_init.stride(),
+        HAS_SIZES=sizes is not None,
+        SAVE_BITS=save_bits,
+        PROBLEMS=problems,
+        BLOCK_N=block_n,
+        BLOCK_M=block_m,
+    )
+    return out, r_bits, a_bits
+
+
+def matcher_backward(
+    grad_out: torch.Tensor,
+    r_bits: torch.Tensor,
+    a_bits: torch.Tensor,
+    n_grad: int,
+    n_proj: int,
+    lr: float,
+    sizes: torch.Tensor | None = None,
+    grad_cost: torch.Tensor | None = None,
+    grad_x_init: torch.Tensor | None = None,
+):
+    """Gradients of the matcher's output with respect to ``cost`` and ``x_init``, one launch.
+
+    Args:
+        grad_out: ``(B, n, m)`` upstream gradient in cost's dtype (any strides).
+        r_bits, a_bits: the bit planes of :func:`matcher_forward` with ``save_bits=True``
+            for the same ``(B, n, m)``, ``n_grad``, ``n_proj`` and ``sizes``.
+        n_grad, n_proj, lr, sizes: as given to the forward.
+        grad_cost, grad_x_init: optional contiguous outputs of grad_out's shape and dtype.
+
+    Returns:
+        ``(grad_cost, grad_x_init)``, ``(B, n, m)`` in grad_out's dtype, zero outside each
+        problem's ``n_b x m_b`` block. Equal (up to rounding) to autograd through the reference.
+    """
+    _check_problem("grad_out", grad_out)
+    batch, n, m = grad_out.shape
+    block_n, block_m = block_sizes(n, m)
+    _check_iterations(n_grad, n_proj, lr)
+    _check_sizes(sizes, batch, grad_out.device)
+    r_shape, a_shape = bits_shapes(batch, n, m, n_grad, n_proj)
+    _check_out("r_bits", r_bits, r_shape, torch.int64, grad_out.device)
+    _check_out("a_bits", a_bits, a_shape, torch.int64, grad_out.device)
+    shape, dtype, dev = (batch, n, m), grad_out.dtype, grad_out.device
+    if grad_cost is None:
+        grad_cost = torch.empty(shape, dtype=dtype, device=dev)
+    if grad_x_init is None:
+        grad_x_init = torch.empty(shape, dtype=dtype, device=dev)
+    _check_out("grad_cost", grad_cost, shape, dtype, dev)
+    _check_out("grad_x_init", grad_x_init, shape, dtype, dev)
+    if batch == 0:
+        return grad_cost, grad_x_init
+
+    problems = problems_per_program(batch, block_n, block_m, dev)
+    grid = lambda META: (triton.cdiv(batch, META["PROBLEMS"]),)
+    _dmm_bwd_kernel[grid](
+        grad_out,
+        sizes if sizes is not None else grad_cost,  # never read without sizes
+        r_bits,
+        a_bits,
+        grad_cost,
+        grad_x_init,
+        batch,
+        n,
+        m,
+        n_grad,
+        n_proj,
+        float(lr),
+        *grad_out.stride(),
+        HAS_SIZES=sizes is not None,
+        PROBLEMS=problems,
+        BLOCK_N=block_n,
+        BLOCK_M=block_m,
+    )
+    return grad_cost, grad_x_init
+
+
+# ---------------------------------------------------------------------------------------------
+# ahead-of-time compilation (no GPU needed)
+
+_TRITON_DTYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
+
+
+@dataclass(frozen=True)
+class AotKernel:
+    """A kernel compiled ahead of time, with what a launcher outside Triton needs.
+
+    Launch ``name`` from ``ptx`` on a grid of ``ceil(B / problems)`` programs (x dimension),
+    ``32 * num_warps`` threads each, with ``shared_bytes`` of dynamic shared memory. The
+    entry's parameters are ``args`` (``"name: type"``, Triton's type names: ``*fp32`` is a
+    pointer, ``i32`` a 32-bit integer; strides count elements) in that order, followed by two
+    64-bit pointers (Triton's global and profile scratch), which these kernels never use:
+    pass null.
+    """
+
+    name: str
+    ptx: str
+    arch: int
+    num_warps: int
+    problems: int
+    shared_bytes: int
+    args: tuple[str, ...]
+
+
+def _python_fn(kernel):
+    """The plain Python function under autotune/heuristics/jit/interpreter wrappers."""
+    fn = kernel
+    while not inspect.isfunction(fn):
+        fn = fn.fn
+    return fn
+
+
+def _language_is_interpreted() -> bool:
+    """True when triton.language was imported under TRITON_INTERPRET=1 (its jit helpers such
+    as ``tl.sum`` are then interpreter functions, which the compiler cannot lower)."""
+    from triton.runtime.jit import JITFunction
+
+    return not isinstance(tl.standard.sum, JITFunction)
+
+
+def _compile_elsewhere(function: str, kwargs: dict) -> AotKernel:
+    """Run ``function(**kwargs)`` of this module in a fresh Python without the interpreter."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = (
+        "import dataclasses, json, sys; import kernels.matcher as k; "
+        f"r = k.{function}(**json.loads(sys.argv[1])); "
+        "sys.stdout.write(json.dumps(dataclasses.asdict(r)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(kwargs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{function} failed:\n{proc.stderr[-4000:]}")
+    fields = json.loads(proc.stdout)
+    return AotKernel(**{**fields, "args": tuple(fields["args"])})
+
+
+def _compile(kernel, signature, constexprs, arch: int, num_warps: int) -> AotKernel:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    jit_fn = JITFunction(_python_fn(kernel))
+    signature = {name: signature.get(name, "constexpr") for name in jit_fn.arg_names}
+    src = ASTSource(fn=jit_fn, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(
+        src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps}
+    )
+    meta = compiled.metadata
+    if meta.global_scratch_size or meta.profile_scratch_size:  # the launcher passes null
+        raise RuntimeError(f"{meta.name} unexpectedly needs Triton scratch memory")
+    return AotKernel(
+        name=meta.name,
+        ptx=compiled.asm["ptx"],
+        arch=arch,
+        num_warps=num_warps,
+        problems=constexprs["PROBLEMS"],
+        shared_bytes=meta.shared,
+        args=tuple(f"{k}: {t}" for k, t in signature.items() if t != "constexpr"),
+    )
+
+
+def _check_aot(arch: int, block_n: int, block_m: int, dtype: str, problems: int) -> None:
+    if arch not in (80, 86, 87, 89, 90):
+        raise ValueError(f"arch must be one of 80, 86, 87, 89, 90 (sm_XY), got {arch}")
+    if dtype not in _TRITON_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_TRITON_DTYPES)}, got {dtype!r}")
+    for name, v, hi in (
+        ("block_n", block_n, MAX_N),
+        ("block_m", block_m, MAX_M),
+        ("problems", problems, 1024),
+    ):
+        if v < 1 or v > hi or v & (v - 1):
+            raise ValueError(f"{name} must be a power of two in [1, {hi}], got {v}")
+
+
+def compile_forward(
+    arch: int,
+    block_n: int,
+    block_m: int,
+    *,
+    problems: int = 1,
+    num_warps: int = 4,
+    has_sizes: bool = False,
+    save_bits: bool = False,
+    dtype: str = "fp32",
+) -> AotKernel:
+    """The forward kernel compiled for ``sm_<arch>`` ahead of time, without a GPU.
+
+    Args:
+        arch: 80, 86, 87, 89 or 90.
+        block_n, block_m: ``next_power_of_2`` of the problems' ``n`` (<= 64) and ``m``
+            (<= 1024); the kernel then serves every ``n <= block_n``, ``m <= block_m``.
+        problems: problems per program (a power of two; see :func:`problems_per_program`).
+        num_warps: warps per program.
+        has_sizes: the ``sizes`` pointer is read (padded batches); else it may be null.
+        save_bits: also write the bit planes for the backward; else those pointers may be null.
+        dtype: "fp32", "fp16" or "bf16", the element type of cost, x_init and out.
+
+    In a process that imported triton under ``TRITON_INTERPRET=1`` (whose own ``tl.sum`` &
+    co. are then interpreter functions) the compilation runs in a fresh Python process.
+    """
+    _check_aot(arch, block_n, block_m, dtype, problems)
+    kwargs = dict(problems=problems, num_warps=num_warps, has_sizes=has_sizes)
+    kwargs.update(save_bits=save_bits, dtype=dtype)
+    if _language_is_interpreted():
+        return _compile_elsewhere(
+            "compile_forward", dict(arch=arch, block_n=block_n, block_m=block_m, **kwargs)
+        )
+    ptr = _TRITON_DTYPES[dtype]
+    signature = {
+        "cost_ptr": ptr,
+        "x_init_ptr": ptr,
+        "sizes_ptr": "*i64",
+        "out_ptr": ptr,
+        "r_bits_ptr": "*i64",
+        "a_bits_ptr": "*i64",
+        "lr": "fp32",
+    }
+    ints = ["B", "n", "m", "n_grad", "n_proj"]
+    ints += [f"stride_{t}{d}" for t in "cx" for d in "bnm"]
+    signature.update(dict.fromkeys(ints, "i32"))
+    constexprs = {
+        "HAS_SIZES": has_sizes,
+        "SAVE_BITS": save_bits,
+        "PROBLEMS": problems,
+        "BLOCK_N": block_n,
+        "BLOCK_M": block_m,
+    }
+    return _compile(_dmm_fwd_kernel, signature, constexprs, arch, num_warps)
+
+
+def compile_backward(
+    arch: int,
+    block_n: int,
+    block_m: int,
+    *,
+    problems: int = 1,
+    num_warps: int = 4,
+    has_sizes: bool = False,
+    dtype: str = "fp32",
+) -> AotKernel:
+    """The backward kernel compiled for ``sm_<arch>`` ahead of time, without a GPU.
+
+    Arguments as :func:`compile_forward`; ``dtype`` is that of grad_out and both gradients.
+    Its bit planes must come from a forward with the same ``block_n`` (the layout depends on it).
+    """
+    _check_aot(arch, block_n, block_m, dtype, problems)
+    kwargs = dict(problems=problems, num_warps=num_warps, has_sizes=has_sizes, dtype=dtype)
+    if _language_is_interpreted():
+        return _compile_elsewhere(
+            "compile_backward", dict(arch=arch, block_n=block_n, block_m=block_m, **kwargs)
+        )
+    ptr = _TRITON_DTYPES[dtype]
+    signature = {
+        "grad_out_ptr": ptr,
+        "sizes_ptr": "*i64",
+        "r_bits_ptr": "*i64",
+        "a_bits_ptr": "*i64",
+        "grad_cost_ptr": ptr,
+        "grad_x_ptr": ptr,
+        "lr": "fp32",
+    }
+    ints = ["B", "n", "m", "n_grad", "n_proj", "stride_gb", "stride_gn", "stride_gm"]
+    signature.update(dict.fromkeys(ints, "i32"))
+    constexprs = {
+        "HAS_SIZES": has_sizes,
+        "PROBLEMS": problems,
+        "BLOCK_N": block_n,
+        "BLOCK_M": block_m,
+    }
+    return _compile(_dmm_bwd_kernel, signature, constexprs, arch, num_warps)
+
+
+def compile_forward_ptx(arch: int, block_n: int, block_m: int, **kwargs) -> str:
+    """PTX text of :func:`compile_forward` (same arguments). A launcher also needs its
+    ``shared_bytes`` of dynamic shared memory and the two trailing null pointers: see
+    :class:`AotKernel`."""
+    return compile_forward(arch, block_n, block_m, **kwargs).ptx
+
+
+def compile_backward_ptx(arch: int, block_n: int, block_m: int, **kwargs) -> str:
+    """PTX text of :func:`compile_backward` (same arguments); see :class:`AotKernel`."""
+    return compile_backward(arch, block_n, block_m, **kwargs).ptx

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dmm_deploy.data import DataFileError, Frame, open_frames
 from dmm_deploy.model import (
     DMMConfig,
     DMMNet,
@@ -24,6 +25,16 @@ from dmm_deploy.model import (
 )
 
 CFG = DMMConfig(backbone="resnet18", input_size=(64, 80), hidden_size=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared machine, OpenMP threads that wait for a busy
+    core make these tiny convolutions many times slower; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def shapes_video(t: int = 10, h: int = 90, w: int = 120, seed: int = 0):
@@ -231,6 +242,24 @@ def test_segment_reads_frames_lazily_from_files(tmp_path):
     assert iou(rest[-1] == 7, labels[3] == 7) > 0.9
 
 
+def test_segment_streams_a_frame_source(tmp_path):
+    """Frames from ``dmm_deploy.data.open_frames`` (Frame objects) give the same labels as the
+    same images passed as arrays."""
+    frames, labels = shapes_video(t=3)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"{i:05d}.png")
+    source = open_frames(folder)
+    assert all(isinstance(f, Frame) for f in source)
+    net = DMMNet(CFG.replace(refine=False))
+    got = list(VideoSegmenter(net, OracleProposals(labels, jitter=0)).segment(source, labels[0]))
+    want = list(VideoSegmenter(net, OracleProposals(labels, jitter=0)).segment(frames, labels[0]))
+    assert len(got) == len(want) == 3
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -243,11 +272,15 @@ def test_input_errors_name_the_file(tmp_path):
     corrupt.write_bytes(b"\xff\xd8 definitely not a jpeg")
     small_mask = tmp_path / "small.png"
     Image.fromarray(np.zeros((10, 10), np.uint8), mode="L").save(small_mask)
-    with pytest.raises(ValueError, match=r"small\.png is 10x10 but the frame is 120x90"):
+    with pytest.raises(
+        DataFileError, match=r"small\.png is 10x10 \(width x height\) but the frames are 120x90"
+    ) as err:
         seg.start(frames[0], small_mask)
+    assert err.value.path == small_mask
     seg.start(frames[0], labels[0])
-    with pytest.raises(ValueError, match=r"cannot read frame .*00001\.jpg"):
+    with pytest.raises(DataFileError, match=r"cannot read frame .*00001\.jpg") as err:
         seg.step(corrupt)
+    assert err.value.path == corrupt
     with pytest.raises(FileNotFoundError, match=r"absent\.jpg"):
         seg.step(tmp_path / "absent.jpg")
     with pytest.raises(ValueError, match=r"frame 1 must be an \(H, W, 3\) uint8"):
@@ -256,7 +289,7 @@ def test_input_errors_name_the_file(tmp_path):
         seg.step(frames[1], new_masks=np.zeros((4, 5), np.uint8))
     rgb = tmp_path / "rgb.png"
     Image.fromarray(frames[0]).save(rgb)
-    with pytest.raises(ValueError, match=r"cannot read mask .*rgb\.png"):
+    with pytest.raises(DataFileError, match=r"mask .*rgb\.png is a 'RGB' image"):
         seg.step(frames[1], new_masks=rgb)
     assert seg.frame_index == 0  # failed steps leave the state alone
     with pytest.raises(TypeError, match="ProposalSource"):

@@ -33,7 +33,7 @@ from dmm_deploy.model.matching import (
 )
 from dmm_deploy.model.net import DMMNet, frame_to_input, merge_probabilities, resize_masks
 from dmm_deploy.model.proposals import Detections, Proposals, paste_box_masks, prepare_proposals
-from dmm_deploy.model.segmenter import VideoSegmenter, read_frame, read_mask
+from dmm_deploy.model.segmenter import VideoSegmenter
 from dmm_deploy.model.sources import (
     MaskRCNNProposals,
     OracleProposals,
@@ -70,8 +70,6 @@ __all__ = [
     "pad_proposals",
     "paste_box_masks",
     "prepare_proposals",
-    "read_frame",
-    "read_mask",
     "read_original_checkpoint",
     "resize_masks",
     "save_precomputed",

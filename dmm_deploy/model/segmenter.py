@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dmm_deploy.data import Frame, read_frame, read_mask
 from dmm_deploy.model.decoder import to_probabilities
 from dmm_deploy.model.embed import tight_boxes
 from dmm_deploy.model.matching import MatchResult, match_proposals
@@ -18,33 +19,21 @@ from dmm_deploy.model.net import DMMNet, frame_to_input, merge_probabilities, re
 from dmm_deploy.model.proposals import Proposals, prepare_proposals
 from dmm_deploy.model.sources import ProposalSource
 
-__all__ = ["FrameLike", "MaskLike", "VideoSegmenter", "read_frame", "read_mask"]
+__all__ = ["STAGES", "FrameLike", "MaskLike", "VideoSegmenter"]
 
-FrameLike = np.ndarray | str | os.PathLike
+FrameLike = np.ndarray | Frame | str | os.PathLike
 MaskLike = np.ndarray | str | os.PathLike
 
 
-def read_frame(frame: FrameLike, name: str = "frame") -> np.ndarray:
-    """A frame as ``(H, W, 3)`` uint8 RGB.
-
-    frame: an ``(H, W, 3)`` uint8 array, or an image file (read with Pillow, converted to
-    RGB). A file that cannot be decoded raises ``ValueError`` naming it; ``name`` names an
-    array in error messages.
-    """
-    if isinstance(frame, (str, os.PathLike)):
-        from PIL import Image
-
-        path = Path(frame)
-        if not path.is_file():
-            raise FileNotFoundError(f"frame file not found: {path}")
-        try:
-            with Image.open(path) as im:
-                arr = np.array(im.convert("RGB"))
-        except Exception as e:  # Pillow raises several types for corrupt files
-            raise ValueError(f"cannot read frame {path}: {e}") from e
-        return arr
+def _frame_image(frame: FrameLike, name: str) -> np.ndarray:
+    """A frame as ``(H, W, 3)`` uint8 RGB: image files and :class:`~dmm_deploy.data.Frame`
+    objects go through the data layer's reader; arrays are checked (``name`` names them)."""
+    if isinstance(frame, Frame):
+        frame = frame.image
+    elif isinstance(frame, (str, os.PathLike)):
+        return read_frame(frame)
     if not isinstance(frame, np.ndarray):
-        raise TypeError(f"{name} must be an (H, W, 3) uint8 array or an image path")
+        raise TypeError(f"{name} must be an (H, W, 3) uint8 array, a Frame or an image path")
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ValueError(
             f"{name} must be an (H, W, 3) uint8 RGB array, got {frame.shape} {frame.dtype}"
@@ -52,40 +41,33 @@ def read_frame(frame: FrameLike, name: str = "frame") -> np.ndarray:
     return frame
 
 
-def read_mask(mask: MaskLike, size: tuple[int, int], name: str = "mask") -> np.ndarray:
-    """A label map as ``(H, W)`` uint8 object ids (0 = background), checked against ``size``.
-
-    mask: an ``(H, W)`` integer array with values in 0..255, or a PNG with a palette (its
-    indices are the ids) or a grayscale PNG. A mask whose size differs from the frame's
-    ``size = (H, W)`` raises ``ValueError`` naming the file.
-    """
+def _label_map(mask: MaskLike, size: tuple[int, int], name: str) -> np.ndarray:
+    """A ``(H, W)`` uint8 label map of a frame of ``size = (H, W)``: PNG files go through the
+    data layer's :func:`~dmm_deploy.data.read_mask` (errors name the file); arrays are checked
+    (``name`` names them)."""
     if isinstance(mask, (str, os.PathLike)):
-        from PIL import Image
-
-        path = Path(mask)
-        name = str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"mask file not found: {path}")
-        try:
-            with Image.open(path) as im:
-                if im.mode not in ("P", "L", "1", "I", "I;16"):
-                    raise ValueError(f"expected a palette or grayscale image, got mode {im.mode}")
-                arr = np.asarray(im)
-        except Exception as e:
-            raise ValueError(f"cannot read mask {path}: {e}") from e
-    elif isinstance(mask, np.ndarray):
-        arr = mask
-    else:
+        return read_mask(mask, expected_size=size)
+    if not isinstance(mask, np.ndarray):
         raise TypeError(f"{name} must be an (H, W) integer array or a PNG path")
-    if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        raise ValueError(f"{name} must be an (H, W) integer label map, got {arr.shape} {arr.dtype}")
-    if tuple(arr.shape) != tuple(size):
+    if mask.ndim != 2 or not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
         raise ValueError(
-            f"{name} is {arr.shape[1]}x{arr.shape[0]} but the frame is {size[1]}x{size[0]}"
+            f"{name} must be an (H, W) integer label map, got {mask.shape} {mask.dtype}"
         )
-    if arr.size and (arr.min() < 0 or arr.max() > 255):
+    if tuple(mask.shape) != tuple(size):
+        raise ValueError(
+            f"{name} is {mask.shape[1]}x{mask.shape[0]} but the frame is {size[1]}x{size[0]}"
+        )
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
         raise ValueError(f"{name} must hold object ids in 0..255")
-    return arr.astype(np.uint8)
+    return mask.astype(np.uint8)
+
+
+STAGES = ("encoder", "templates", "proposals", "features_cost", "matching", "refinement", "merge")
+"""The stages a :class:`VideoSegmenter` ``timer`` is called with, in pipeline order."""
+
+
+def _no_timer(stage: str) -> AbstractContextManager:
+    return nullcontext()
 
 
 @dataclass
@@ -110,8 +92,12 @@ class VideoSegmenter:
         labels2 = seg.step(frame2, new_masks=m)  # objects of m added (or re-annotated)
         # or: for labels in seg.segment(frames, mask0, annotations={5: m5}): ...
 
-    Frames are ``(H, W, 3)`` uint8 RGB arrays or image paths; masks ``(H, W)`` uint8 label
-    maps (0 = background, any ids 1..255, not necessarily contiguous) or PNG paths. Label
+    Frames are ``(H, W, 3)`` uint8 RGB arrays, image paths or :class:`dmm_deploy.data.Frame`
+    objects (so ``segment(open_frames(folder_or_video), mask)`` streams a video); masks
+    ``(H, W)`` uint8 label maps (0 = background, any ids 1..255, not necessarily contiguous)
+    or palette/greyscale PNG paths. Files are read with the data layer
+    (:func:`dmm_deploy.data.read_frame`, :func:`dmm_deploy.data.read_mask`): an unreadable
+    frame, or a mask whose size is not the frame's, raises one error naming the file. Label
     maps come back at each frame's own resolution. Any number of objects; an object first
     annotated at a later frame gets its template from that frame.
 
@@ -129,6 +115,14 @@ class VideoSegmenter:
     gets a template pooled from that frame's features (never updated); a known id only has
     its previous mask replaced.
 
+    Args:
+        model: the :class:`DMMNet` (put in ``eval()`` mode here).
+        proposals: the :class:`ProposalSource` called once per frame.
+        device: moves the model there (None: where its parameters are).
+        timer: optional ``timer(stage) -> context manager`` wrapped around each stage of a
+            frame, with the names of :data:`STAGES` (``"templates"`` on annotated frames
+            only, ``"refinement"`` with ``cfg.refine`` only); for per-stage benchmarks.
+
     Attributes (read-only, for inspection and tests):
         object_ids: the tracked ids in slot order.
         frame_index: index of the last processed frame (``-1`` before ``start``).
@@ -144,6 +138,7 @@ class VideoSegmenter:
         proposals: ProposalSource,
         *,
         device: str | torch.device | None = None,
+        timer: Callable[[str], AbstractContextManager] | None = None,
     ) -> None:
         if not isinstance(model, DMMNet):
             raise TypeError(f"model must be a DMMNet, got {type(model).__name__}")
@@ -155,6 +150,7 @@ class VideoSegmenter:
         self.cfg = model.cfg
         self.source = proposals
         self.device = next(model.parameters()).device
+        self.timer = _no_timer if timer is None else timer
         self._objects: list[_Object] = []
         self.frame_index = -1
         self.last_probabilities: torch.Tensor | None = None
@@ -179,12 +175,12 @@ class VideoSegmenter:
         if self.frame_index < 0 and new_masks is None:
             raise RuntimeError("call start(frame, mask) before step()")
         index = self.frame_index + 1
-        image = read_frame(frame, f"frame {index}")
+        image = _frame_image(frame, f"frame {index}")
         size0 = image.shape[:2]
         ann = None
         if new_masks is not None:
             label = "mask" if index == 0 else "new_masks"
-            ann = read_mask(new_masks, size0, f"{label} of frame {index}")
+            ann = _label_map(new_masks, size0, f"{label} of frame {index}")
         with torch.no_grad():
             out = self._step(index, image, ann)
         self.frame_index = index
@@ -198,7 +194,8 @@ class VideoSegmenter:
     ) -> Iterator[np.ndarray]:
         """Segment a whole video lazily: yields one label map per frame, frame 0 included.
 
-        frames: any iterable (a list of paths, a lazy reader); consumed one frame at a time.
+        frames: any iterable of frames (a list of paths, :func:`dmm_deploy.data.open_frames`);
+            consumed one frame at a time.
         first_mask: the annotation of frame 0.
         annotations: optional ``{frame index: label map}`` introducing objects later (or
             re-annotating known ones); an entry for frame 0 is ignored (``first_mask`` is
@@ -217,8 +214,10 @@ class VideoSegmenter:
         cfg, model, dev = self.cfg, self.model, self.device
         size0 = image.shape[:2]
         size = cfg.input_size
-        x = frame_to_input(image, size).to(dev)
-        match, skip = model.encoder(x)
+        timer = self.timer
+        with timer("encoder"):
+            x = frame_to_input(image, size).to(dev)
+            match, skip = model.encoder(x)
 
         annotated: dict[int, torch.Tensor] = {}
         if ann is not None:
@@ -227,30 +226,40 @@ class VideoSegmenter:
             for oid in ids:
                 annotated[oid] = full == oid
             if annotated:
-                self._add_objects(annotated, match, size)
+                with timer("templates"):
+                    self._add_objects(annotated, match, size)
 
         if not self._objects:
             self.last_probabilities = torch.zeros(0, *size, device=dev)
             self.last_proposals = self.last_match = None
             return np.zeros(size0, np.uint8)
 
-        det = self.source.detect(index, image)
-        props = prepare_proposals(det, size0, cfg)
-        props = Proposals(*(t.to(dev) for t in props))
-        emb = model.embedder(match, props.boxes)
-        templates = torch.stack([o.template for o in self._objects])
-        prev = torch.stack([o.prev for o in self._objects])
-        cost = model.cost(templates, emb, prev, props.masks)
-        res = match_proposals(cost, props.masks, cfg)
+        with timer("proposals"):
+            det = self.source.detect(index, image)
+            props = prepare_proposals(det, size0, cfg)
+            props = Proposals(*(t.to(dev) for t in props))
+        with timer("features_cost"):
+            emb = model.embedder(match, props.boxes)
+            templates = torch.stack([o.template for o in self._objects])
+            prev = torch.stack([o.prev for o in self._objects])
+            cost = model.cost(templates, emb, prev, props.masks)
+        with timer("matching"):
+            res = match_proposals(cost, props.masks, cfg)
 
-        probs = self._refine(skip, res.matched, size) if cfg.refine else res.selected
-        for k, obj in enumerate(self._objects):
-            if obj.id in annotated:
-                probs[k] = resize_masks(annotated[obj.id][None], size)[0]
-            obj.prev = probs[k]
+        if cfg.refine:
+            with timer("refinement"):
+                probs = self._refine(skip, res.matched, size)
+        else:
+            probs = res.selected
+        with timer("merge"):
+            for k, obj in enumerate(self._objects):
+                if obj.id in annotated:
+                    probs[k] = resize_masks(annotated[obj.id][None], size)[0]
+                obj.prev = probs[k]
+            labels = self._labels(probs, annotated, size0)
         self.last_probabilities = probs
         self.last_proposals, self.last_match = props, res
-        return self._labels(probs, annotated, size0)
+        return labels
 
     def _add_objects(self, annotated: dict[int, torch.Tensor], match, size) -> None:
         known = {o.id: o for o in self._objects}

@@ -8,6 +8,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Run the suite with one intra-op thread: on small CI machines whose other core is busy,
+    a second thread mostly waits (the model tests run several times faster this way)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT

@@ -27,16 +27,6 @@ from dmm_deploy.model import (
 CFG = DMMConfig(backbone="resnet18", input_size=(64, 80), hidden_size=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared machine, OpenMP threads that wait for a busy
-    core make these tiny convolutions many times slower; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def shapes_video(t: int = 10, h: int = 90, w: int = 120, seed: int = 0):
     """Frames ``(H, W, 3)`` uint8 and label maps of moving shapes on a noisy background.
 

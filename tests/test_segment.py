@@ -41,16 +41,6 @@ TINY = ["--backbone", "resnet18", "--input-size", "64x112", "--no-progress"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared machine, OpenMP threads that wait for a busy
-    core make these tiny convolutions many times slower; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def samples(shared_dir: Path) -> Path:
     path = shared_dir / "data" / "vos_samples"

@@ -242,19 +242,13 @@ def run_plugin_export(options, out: str | Path, log=print, archs: tuple[int, ...
     ``options`` is the export's :class:`~dmm_deploy.export.onnx_export.ExportOptions`
     (``precision`` fp16 or mixed give float16 I/O). Compilation needs Triton, not a GPU.
     """
+    from dmm_deploy.export.onnx_export import export_matcher
     from dmm_deploy.export.tensorrt_compat import check_tensorrt
 
+    if not options.plugin:
+        raise ValueError("run_plugin_export needs ExportOptions(plugin=True)")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model = make_plugin_model(
-        options.n_grad,
-        options.n_proj,
-        options.lr,
-        half=options.precision != "fp32",
-        static_shape=options.static_shape,
-        opset=options.opset,
-    )
-    onnx.save(model, str(out))
+    model = export_matcher(out, options)
     attrs = _plugin_attrs(model)
     log(
         f"exported  {out}  ({os.path.getsize(out)} bytes, one {PLUGIN_ID} node, "

@@ -39,7 +39,6 @@ __all__ = [
 
 INPUT_NAMES = ("cost", "x_init")
 OUTPUT_NAME = "assignment"
-CONTROL_FLOW_OPS = frozenset({"Loop", "Scan", "If"})
 REDUCE_OPS = frozenset(
     {
         "ReduceSum",
@@ -120,16 +119,14 @@ def fold_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def check_graph(model: onnx.ModelProto) -> list[str]:
-    """Structural problems that keep the graph from TensorRT: control flow, non-constant axes."""
-    inits = {t.name for t in model.graph.initializer}
-    problems = []
-    for node in model.graph.node:
-        if node.op_type in CONTROL_FLOW_OPS:
-            problems.append(f"node {node.name!r}: {node.op_type} (control flow) in the graph")
-        has_axes = node.op_type in REDUCE_OPS and len(node.input) > 1 and node.input[1]
-        if has_axes and node.input[1] not in inits:
-            problems.append(f"node {node.name!r}: {node.op_type} axes are not an initializer")
-    return problems
+    """Structural problems that keep the graph from TensorRT: control flow, non-constant axes.
+
+    The same check as :func:`dmm_deploy.export.tensorrt_compat.structural_problems` (which
+    :func:`~dmm_deploy.export.tensorrt_compat.check_tensorrt` also runs).
+    """
+    from dmm_deploy.export.tensorrt_compat import structural_problems
+
+    return structural_problems(model)
 
 
 @dataclass

@@ -27,7 +27,13 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-__all__ = ["KNOWN_PLUGINS", "OperatorTable", "check_tensorrt", "operator_table"]
+__all__ = [
+    "KNOWN_PLUGINS",
+    "OperatorTable",
+    "check_tensorrt",
+    "operator_table",
+    "structural_problems",
+]
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 CONTROL_FLOW_OPS = ("Loop", "Scan", "If")
@@ -149,11 +155,6 @@ def _check_operators(model, table: OperatorTable, version: tuple[int, int], trt_
                     unsupported.setdefault(op, []).append(node.name)
                 elif op not in table.supported:
                     unknown.setdefault(op, []).append(node.name)
-                if op in CONTROL_FLOW_OPS:
-                    problems.append(
-                        f"{_node_label(node)}: control flow; TensorRT takes it only with "
-                        "restrictions and the matcher must be exported unrolled"
-                    )
             elif domain in data["unsupported_domains"]:
                 problems.append(
                     f"{_node_label(node)} of domain {domain!r}: {data['unsupported_domains'][domain]}"
@@ -182,6 +183,21 @@ def _check_operators(model, table: OperatorTable, version: tuple[int, int], trt_
             f"({len(names)} node(s))"
         )
     return problems
+
+
+def structural_problems(model: onnx.ModelProto) -> list[str]:
+    """Problems of structure, whatever the TensorRT version: control flow (``Loop``/``Scan``/
+    ``If``, also in subgraphs) and inputs the parser needs as build-time constants (Reduce axes
+    as initializers, ...) that are not. Every export runs this check.
+    """
+    problems = [
+        f"{_node_label(node)}: control flow; TensorRT takes it only with restrictions and "
+        "the matcher must be exported unrolled"
+        for graph in _graphs(model.graph)
+        for node in graph.node
+        if node.domain in DEFAULT_DOMAINS and node.op_type in CONTROL_FLOW_OPS
+    ]
+    return problems + _check_constant_inputs(model)
 
 
 def _check_constant_inputs(model) -> list[str]:
@@ -273,7 +289,7 @@ def check_tensorrt(model_or_path, trt_version: str = "10.3") -> list[str]:
                 f"{table.opset_min}..{table.opset_max}"
             )
     problems += _check_operators(model, table, version, trt_version)
-    problems += _check_constant_inputs(model)
+    problems += structural_problems(model)
     problems += _check_types(model)
     problems += _check_inputs(model)
     return problems

@@ -22,7 +22,7 @@ from dmm_deploy.export.onnx_export import (
 )
 from dmm_deploy.matching.reference import match_reference
 
-__all__ = ["PARITY_ATOL", "add_export_args", "options_from_args", "run_export"]
+__all__ = ["PARITY_ATOL", "add_export_args", "options_from_args", "run_export", "tensorrt_verdicts"]
 
 PARITY_ATOL = 1e-5
 # float16 inputs are rounded before the reference runs, so these bound arithmetic error only:
@@ -144,8 +144,12 @@ def _timing(path: Path, options: ExportOptions) -> tuple[tuple[int, int, int], f
     return shape, t_ort, t_torch
 
 
-def _tensorrt_verdicts(model, log) -> int:
-    """Print the TensorRT compatibility verdict for 10.3 (JetPack 6) and 11.0; 1 on problems."""
+def tensorrt_verdicts(model, log=print, tolerated: tuple[str, ...] = ()) -> int:
+    """Print the TensorRT compatibility verdict for 10.3 (JetPack 6) and 11.0.
+
+    Returns 1 when a version outside ``tolerated`` reports problems (the plugin graph, for
+    one, cannot load in 10.3, which has no ahead-of-time plugins), else 0.
+    """
     from dmm_deploy.export.tensorrt_compat import check_tensorrt
 
     code = 0
@@ -155,7 +159,7 @@ def _tensorrt_verdicts(model, log) -> int:
             "OK" if not problems else f"{len(problems)} problem(s): " + "; ".join(problems[:3])
         )
         log(f"tensorrt  {version}: {verdict}")
-        if problems:
+        if problems and version not in tolerated:
             code = 1
     return code
 
@@ -189,7 +193,7 @@ def run_export(options: ExportOptions, out: Path, verify: bool = True, log=print
     if stats.full_size_ops_per_inner_step > MAX_FULL_SIZE_OPS_PER_STEP:
         log(f"FAIL      more than {MAX_FULL_SIZE_OPS_PER_STEP} full-size ops per inner step")
         code = 1
-    code |= _tensorrt_verdicts(model, log)
+    code |= tensorrt_verdicts(model, log)
     if not verify:
         return code
     atol = PARITY_ATOL_BY_PRECISION[options.precision]

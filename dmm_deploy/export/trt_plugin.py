@@ -242,8 +242,8 @@ def run_plugin_export(options, out: str | Path, log=print, archs: tuple[int, ...
     ``options`` is the export's :class:`~dmm_deploy.export.onnx_export.ExportOptions`
     (``precision`` fp16 or mixed give float16 I/O). Compilation needs Triton, not a GPU.
     """
+    from dmm_deploy.export.matcher_job import tensorrt_verdicts
     from dmm_deploy.export.onnx_export import export_matcher
-    from dmm_deploy.export.tensorrt_compat import check_tensorrt
 
     if not options.plugin:
         raise ValueError("run_plugin_export needs ExportOptions(plugin=True)")
@@ -259,12 +259,7 @@ def run_plugin_export(options, out: str | Path, log=print, archs: tuple[int, ...
         f"tile {attrs['block_n']}x{attrs['block_m']} (serves n <= {attrs['block_n']}, "
         f"m <= {attrs['block_m']}), aot={attrs['aot']}"
     )
-    code = 0
-    for version in ("10.3", "11.0"):
-        problems = check_tensorrt(model, trt_version=version)
-        log(f"tensorrt  {version}: " + ("OK" if not problems else "; ".join(problems)))
-        if problems and version != "10.3":  # 10.3 has no AOT plugins: expected
-            code = 1
+    code = tensorrt_verdicts(model, log, tolerated=("10.3",))  # 10.3 has no AOT plugins
     from dmm_deploy.export._plugin_kernel import compile_plugin_ptx
 
     problems_pp, warps = launch_config(attrs["block_n"], attrs["block_m"])

@@ -1,21 +1,64 @@
-"""``dmm-deploy``: one console script, thin subcommands.
+"""``dmm-deploy``: one console script, thin subcommands (also ``python -m dmm_deploy``).
 
-Each subcommand is a pair of functions: ``_add_<name>(parser)`` declares its arguments and
-``_run_<name>(args) -> int`` imports what it needs (heavy imports happen here, not at start-up)
-and calls into the package. Bad arguments and user errors end with one line on stderr.
+Every subcommand lives in its own module, which defines two functions:
+
+- ``add_args(parser: argparse.ArgumentParser) -> None`` declares its arguments;
+- ``run(args: argparse.Namespace) -> int`` does the work and returns the exit code.
+
+:data:`COMMANDS` maps a command name to its one-line help and that module: adding a command is
+one line there. Only the chosen command's module is imported (after the command name is known,
+before its arguments are parsed), and those modules import nothing heavy at module level, so a
+usage error, ``--help`` or ``--version`` never imports torch. ``-q``/``-v`` (before or after the
+command name) set ``args.verbosity`` (-1 quiet, 0 normal, 1+ verbose) and the ``logging`` level.
+
+Errors: bad input raises ``ValueError`` / ``FileNotFoundError`` (or :class:`UserError`) with one
+line naming the argument or file and what was expected; :func:`main` prints it as
+``dmm-deploy CMD: error: <message>`` and returns 2 (``-v`` adds the traceback). Other
+``OSError`` (permissions, a full disk) end the same way, naming the file. Ctrl-C returns 130
+with ``dmm-deploy CMD: interrupted ...`` (commands may put their progress into the
+``KeyboardInterrupt``'s message, e.g. "interrupted after 12 of 16 frames").
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import sys
+import traceback
+from dataclasses import dataclass
+
+from dmm_deploy import __version__
+
+__all__ = ["COMMANDS", "Command", "UserError", "build_parser", "main"]
 
 
 class UserError(Exception):
     """An error caused by the user's input: printed as one line, exit code 2."""
 
 
-# -- export ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its one-line help and the module holding ``add_args`` and ``run``.
+
+    Attributes:
+        help: one line, shown by ``dmm-deploy --help`` and as the command's description.
+        module: dotted module path, imported only when this command is chosen.
+        add: name of the function declaring the arguments in ``module``.
+        run: name of the function running the command in ``module``.
+    """
+
+    help: str
+    module: str
+    add: str = "add_args"
+    run: str = "run"
+
+    def load(self) -> tuple:
+        mod = importlib.import_module(self.module)
+        return getattr(mod, self.add), getattr(mod, self.run)
+
+
+# -- adapters for jobs whose modules use other function names -------------------------------
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
@@ -28,9 +71,6 @@ def _run_export(args: argparse.Namespace) -> int:
     from dmm_deploy.export.matcher_job import options_from_args, run_export
 
     return run_export(options_from_args(args), args.out, verify=not args.no_verify)
-
-
-# -- trt-build / trt-run --------------------------------------------------------------------
 
 
 def _add_trt_build(p: argparse.ArgumentParser) -> None:
@@ -63,133 +103,106 @@ def _run_trt_run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from e
 
 
-# -- eval -----------------------------------------------------------------------------------
+# -- registry: one line per command ---------------------------------------------------------
+
+COMMANDS: dict[str, Command] = {
+    "eval": Command("score predicted masks against DAVIS ground truth (J&F)", "dmm_deploy.eval.eval_job"),
+    "export": Command("export the matcher to ONNX, check it and compare it with the reference", __name__, "_add_export", "_run_export"),
+    "segment": Command("segment a video with DMM-Net (palette PNGs)", "dmm_deploy.segment_job"),
+    "trt-build": Command("build a TensorRT engine from the exported matcher", __name__, "_add_trt_build", "_run_trt_build"),
+    "trt-run": Command("run a TensorRT engine on random problems, check and time it", __name__, "_add_trt_run", "_run_trt_run"),
+}  # fmt: skip
 
 
-def _add_eval(p: argparse.ArgumentParser) -> None:
-    from dmm_deploy.eval.eval_job import add_eval_args
-
-    add_eval_args(p)
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    from dmm_deploy.eval.eval_job import run_eval
-
-    return run_eval(args)
-
-
-# -- segment --------------------------------------------------------------------------------
-
-
-def _add_segment(p: argparse.ArgumentParser) -> None:
-    # declared here (not in dmm_deploy.model) so that building the parser stays light
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--frames", metavar="DIR", help="folder of .jpg/.png frames")
-    src.add_argument("--video", metavar="FILE", help="video file (needs imageio-ffmpeg)")
-    p.add_argument("--mask", metavar="PNG", help="first frame's annotation (DAVIS palette PNG)")
-    p.add_argument(
-        "--annotations",
-        metavar="DIR",
-        help="annotations named like the frames (objects appearing later); "
-        "its PNG for the first frame serves when --mask is not given",
+def _verbosity_args(p: argparse.ArgumentParser, suffix: str) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "-q",
+        "--quiet",
+        dest=f"quiet{suffix}",
+        action="count",
+        default=0,
+        help="only warnings and errors (no progress, no summary)",
     )
-    p.add_argument("--out", metavar="DIR", required=True, help="output folder of palette PNGs")
-    p.add_argument(
-        "--proposals",
-        default="maskrcnn",
-        metavar="SRC",
-        help="'maskrcnn' (default, torchvision Mask R-CNN) or 'precomputed:FILE.npz'",
+    g.add_argument(
+        "-v",
+        "--verbose",
+        dest=f"verbose{suffix}",
+        action="count",
+        default=0,
+        help="more detail (timings of each setup step; tracebacks of errors)",
     )
-    p.add_argument(
-        "--maskrcnn-weights",
-        metavar="FILE",
-        help="torchvision Mask R-CNN weights file (e.g. maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth), "
-        "or a torchvision weights name such as COCO_V1 (downloads)",
-    )
-    p.add_argument("--maskrcnn-version", default="v1", metavar="V", help="v1 (default) or v2")
-    p.add_argument(
-        "--detector-size",
-        type=int,
-        default=800,
-        metavar="PX",
-        help="Mask R-CNN's shorter side (800)",
-    )
-    p.add_argument(
-        "--checkpoint", metavar="PATH", help="original DMM-Net checkpoint dir or trainer.pt"
-    )
-    p.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="allow random weights for what has none given (smoke runs: meaningless masks)",
-    )
-    p.add_argument(
-        "--backbone",
-        default="resnet101",
-        metavar="NAME",
-        help="resnet101 (default), resnet50, resnet34, resnet18",
-    )
-    p.add_argument("--input-size", default="255x448", metavar="HxW", help="model input (255x448)")
-    p.add_argument(
-        "--matching-only", action="store_true", help="no refinement: matched proposal masks"
-    )
-    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu (default) or cuda")
-    p.add_argument("--overlay", metavar="FILE", help="overlay as a .png strip or an .mp4 video")
-    p.add_argument("--max-frames", type=int, metavar="N", help="only the first N frames")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: torch's)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _run_segment(args: argparse.Namespace) -> int:
-    from dmm_deploy.model.segment_job import options_from_args, run_segment
-
-    try:
-        run_segment(options_from_args(args))
-    except ImportError as e:  # a video without imageio-ffmpeg
-        raise UserError(str(e)) from e
-    return 0
-
-
-# -- registry -------------------------------------------------------------------------------
-
-COMMANDS = {
-    "eval": ("score predicted masks against DAVIS ground truth (J&F)", _add_eval, _run_eval),
-    "export": (
-        "export the matcher to ONNX, check it and compare it with the reference",
-        _add_export,
-        _run_export,
-    ),
-    "segment": ("segment a video with DMM-Net (palette PNGs)", _add_segment, _run_segment),
-    "trt-build": (
-        "build a TensorRT engine from the exported matcher",
-        _add_trt_build,
-        _run_trt_build,
-    ),
-    "trt-run": (
-        "run a TensorRT engine on random problems, check and time it",
-        _add_trt_run,
-        _run_trt_run,
-    ),
-}
+def _chosen_command(argv: list[str]) -> str | None:
+    """The command name in ``argv`` (the first word that is not an option), if known."""
+    for token in argv:
+        if token == "--":
+            return None
+        if not token.startswith("-"):
+            return token if token in COMMANDS else None
+    return None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; the arguments of ``command`` only (None: of every command, which
+    imports every command's module)."""
     parser = argparse.ArgumentParser(
         prog="dmm-deploy", description="Deployment tools for DMM-Net video object segmentation."
     )
+    parser.add_argument("--version", action="version", version=f"dmm-deploy {__version__}")
+    _verbosity_args(parser, "_top")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (help_text, add, run) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add(p)
-        p.set_defaults(_run=run)
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        if command is None or name == command:
+            add, _ = cmd.load()
+            add(p)
+            _verbosity_args(p, "_sub")
     return parser
 
 
+def _configure_verbosity(args: argparse.Namespace) -> int:
+    verbosity = (
+        args.verbose_top + getattr(args, "verbose_sub", 0)
+        - args.quiet_top - getattr(args, "quiet_sub", 0)
+    )  # fmt: skip
+    verbosity = max(-1, verbosity)
+    for name in ("verbose_top", "verbose_sub", "quiet_top", "quiet_sub"):
+        if hasattr(args, name):
+            delattr(args, name)
+    args.verbosity = verbosity
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(name)s: %(message)s")
+    return verbosity
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of an error as one line (an ``OSError`` from the system names its file)."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        return f"{e.strerror}: {e.filename}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return "; ".join(lines) if lines else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the console script; returns the exit code (0 ok, 2 bad input, 130 Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _chosen_command(argv)
+    args = build_parser(command if command is not None else "").parse_args(argv)
+    verbosity = _configure_verbosity(args)
+    _, run = COMMANDS[args.command].load()
+    prog = f"dmm-deploy {args.command}"
     try:
-        return int(args._run(args) or 0)
-    except (UserError, FileNotFoundError, ValueError) as e:
-        print(f"dmm-deploy {args.command}: error: {e}", file=sys.stderr)
+        return int(run(args) or 0)
+    except KeyboardInterrupt as e:
+        detail = str(e).strip()
+        print(f"{prog}: {detail or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, OSError) as e:
+        if verbosity > 0:
+            traceback.print_exc()
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 

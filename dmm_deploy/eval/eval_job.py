@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-def add_eval_args(p: argparse.ArgumentParser) -> None:
+def add_args(p: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``dmm-deploy eval``."""
     p.add_argument(
         "--gt",
@@ -37,7 +37,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Evaluate ``args.pred`` against ``args.gt``, print the table, write ``args.csv``."""
     from dmm_deploy.eval.folders import evaluate_dirs
 

@@ -35,7 +35,7 @@ from dmm_deploy.model import (
     original_key_map,
     save_precomputed,
 )
-from dmm_deploy.model.segment_job import parse_proposals, parse_size
+from dmm_deploy.segment_job import parse_proposals, parse_size
 
 TINY = ["--backbone", "resnet18", "--input-size", "64x112", "--no-progress"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -334,7 +334,7 @@ def test_corrupt_frame_names_the_file_after_writing_the_frames_before(samples, t
         (["--overlay", "x.gif"], r"--overlay must end with \.png .* or \.mp4"),
         (["--device", "tpu"], r"--device must be 'cpu' or 'cuda'"),
         (["--threads", "0"], r"--threads must be >= 1"),
-        (["--detector-size", "8"], r"--detector-size must be >= 32"),
+        (["--detector-size", "8"], r"--detector-size must be in 32\.\.2048"),
         (["--maskrcnn-version", "v3"], r"--maskrcnn-version must be 'v1' or 'v2'"),
     ],
 )

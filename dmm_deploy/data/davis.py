@@ -2,21 +2,34 @@
 
 A label map is a ``(H, W)`` ``uint8`` array: 0 is background, ``k`` in 1..254 is object ``k``.
 DAVIS annotations are 8-bit palette PNGs whose pixel values are these ids and whose palette is
-the PASCAL VOC colour map (object 1 dark red, 2 dark green, 3 olive, ...). The value 255 is
-kept as read; the evaluator treats it as background (see ``dmm_deploy.eval``).
+the PASCAL VOC colour map (object 1 dark red, 2 dark green, 3 olive, ...).
+
+The value 255 (:data:`VOID`) is "void" as in DAVIS: pixels whose label is unknown or ambiguous
+(object borders). It is never an object: ``read_mask`` keeps it as read, the segmenter's
+annotations treat it as background, and the evaluator counts it as background in the ground
+truth (as the DAVIS 2017 semi-supervised evaluation does).
+
+Folders: hidden files (names starting with ``.``, e.g. macOS ``._00000.jpg`` AppleDouble files
+and ``.DS_Store``) are ignored; two images with the same stem (``00001.jpg`` and ``00001.png``)
+are an error, since outputs are named by stem. Files are written atomically (a temporary name
+beside the target, then a rename), so an interrupted run never leaves a truncated PNG.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "VOID",
     "DataFileError",
+    "atomic_output",
     "davis_palette",
     "list_images",
     "natural_key",
@@ -28,6 +41,9 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 """File suffixes (lower case) taken as frames in an image folder."""
+
+VOID = 255
+"""The DAVIS "void" label: unknown pixels, never an object."""
 
 # Modes whose pixel values are the object ids: palette, 8-bit greyscale, 1-bit.
 _LABEL_MODES = ("P", "L", "1")
@@ -71,15 +87,55 @@ def natural_key(name: str) -> tuple:
 def list_images(directory: str | Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
     """Files of ``directory`` whose suffix (case-insensitive) is in ``suffixes``, naturally sorted.
 
+    Hidden files (``.name``: AppleDouble ``._*`` files, ``.DS_Store``, temporary files) are
+    left out.
+
     Raises:
         FileNotFoundError: ``directory`` does not exist or is not a folder.
+        DataFileError: two files share a stem (``00001.jpg`` and ``00001.png``).
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"folder not found: {directory}")
     suffixes = tuple(s.lower() for s in suffixes)
-    files = [p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in suffixes]
-    return sorted(files, key=lambda p: natural_key(p.name))
+    files = [
+        p
+        for p in directory.iterdir()
+        if not p.name.startswith(".") and p.suffix.lower() in suffixes and p.is_file()
+    ]
+    files = sorted(files, key=lambda p: natural_key(p.name))
+    seen: dict[str, Path] = {}
+    for f in files:
+        other = seen.setdefault(f.stem, f)
+        if other is not f:
+            raise DataFileError(
+                f,
+                f"{directory} holds two images named {f.stem!r} ({other.name} and {f.name}); "
+                "outputs are named by stem: keep one of them",
+            )
+    return files
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Write a file atomically: yields a temporary path beside ``path`` (hidden, same suffix);
+    on success it is renamed to ``path``, on error it is removed. Parent folders are created.
+
+    Example::
+
+        with atomic_output("out/00001.png") as tmp:
+            image.save(tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _size_text(hw: tuple[int, int]) -> str:
@@ -153,7 +209,8 @@ def _check_label_map(labels: np.ndarray, name: str = "labels") -> np.ndarray:
 
 
 def write_mask(path: str | Path, labels: np.ndarray) -> Path:
-    """Write a ``(H, W)`` label map as a DAVIS palette PNG (parent folders are created).
+    """Write a ``(H, W)`` label map as a DAVIS palette PNG, atomically (parent folders are
+    created; see :func:`atomic_output`).
 
     Args:
         path: the output file (``.png``).
@@ -166,10 +223,10 @@ def write_mask(path: str | Path, labels: np.ndarray) -> Path:
 
     labels = _check_label_map(labels)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     im = Image.fromarray(np.ascontiguousarray(labels))  # mode "L", values kept
     im.putpalette(davis_palette().tobytes())  # turns it into a "P" image, same values
-    im.save(path, format="PNG")
+    with atomic_output(path) as tmp:
+        im.save(tmp, format="PNG")
     return path
 
 

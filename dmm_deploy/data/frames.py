@@ -5,12 +5,17 @@ read each frame only when the iteration reaches it. A frame that cannot be decod
 size differs from the first frame's, raises :class:`~dmm_deploy.data.davis.DataFileError`
 naming the file (and the frame index for videos).
 
-Video files are decoded with ``imageio-ffmpeg`` (the optional extra ``video``), imported only
-when a video is opened.
+Videos are decoded with ``imageio-ffmpeg`` (the optional extra ``video``), imported only when a
+video is opened: anything ffmpeg reads, a file, a stream URL (``rtsp://``, ``http://``, ...) or a
+camera device (``/dev/video0``). Streams and devices are *live*: read as they come, their length
+is unknown and they cannot be read twice (:attr:`VideoFileSource.live`).
 """
 
 from __future__ import annotations
 
+import re
+import stat
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,7 @@ __all__ = [
     "FrameSource",
     "ImageFolderSource",
     "VideoFileSource",
+    "is_stream",
     "open_frames",
     "read_frame",
     "write_frames",
@@ -163,28 +169,48 @@ def _import_imageio_ffmpeg():
     return imageio_ffmpeg
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_stream(path: str | Path) -> bool:
+    """Whether ``path`` names a live source for ffmpeg: a URL (``rtsp://...``) or a device
+    (a character device such as ``/dev/video0``)."""
+    text = str(path)
+    if _URL.match(text):
+        return True
+    try:
+        return stat.S_ISCHR(Path(text).stat().st_mode)
+    except OSError:
+        return False
+
+
 class VideoFileSource(FrameSource):
-    """Frames decoded from a video file with ffmpeg (through ``imageio-ffmpeg``), one at a time.
+    """Frames decoded with ffmpeg (through ``imageio-ffmpeg``), one at a time.
 
     Frame names are the zero-padded index (``00000``, ``00001``, ...). ``len()`` is estimated
-    from the container's frame rate and duration (0 when they are unknown): use it for
-    progress bars, not for indexing.
+    from the container's frame rate and duration (0 when they are unknown, and always for live
+    sources): use it for progress bars, not for indexing.
 
     Args:
-        path: the video file (mp4 and whatever else ffmpeg reads).
+        path: a video file (mp4 and whatever else ffmpeg reads), a stream URL
+            (``rtsp://``, ``http://``, ...) or a camera device (``/dev/video0``, read with
+            ffmpeg's ``v4l2`` input on Linux).
 
     Attributes:
         fps: frames per second from the container (0 when unknown).
+        live: True for URLs and devices: frames are read as they come, not twice.
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        FileNotFoundError: a file path that does not exist.
         DataFileError: ffmpeg cannot open it (its metadata is read here).
         ImportError: ``imageio-ffmpeg`` is not installed.
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
+        self.live = is_stream(path)
+        # keep URLs as text: Path() would fold the "//" of "rtsp://host"
+        self.path = path if self.live and not isinstance(path, Path) else Path(path)
+        if not self.live and not Path(path).is_file():
             raise FileNotFoundError(f"video not found: {self.path}")
         self._ffmpeg = _import_imageio_ffmpeg()
         gen = self._open()
@@ -198,10 +224,15 @@ class VideoFileSource(FrameSource):
         self._size = (int(h), int(w))
         self.fps = float(meta.get("fps") or 0.0)
         duration = float(meta.get("duration") or 0.0)
-        self._len = round(self.fps * duration) if self.fps > 0 and duration > 0 else 0
+        ok = not self.live and self.fps > 0 and duration > 0 and duration != float("inf")
+        self._len = round(self.fps * duration) if ok else 0
 
     def _open(self):
-        return self._ffmpeg.read_frames(str(self.path), pix_fmt="rgb24")
+        text = str(self.path)
+        params = None
+        if sys.platform.startswith("linux") and text.startswith("/dev/video"):
+            params = ["-f", "v4l2"]
+        return self._ffmpeg.read_frames(text, pix_fmt="rgb24", input_params=params)
 
     def _next(self, gen, index: int):
         try:
@@ -246,16 +277,20 @@ class VideoFileSource(FrameSource):
 
 
 def open_frames(path: str | Path) -> FrameSource:
-    """Open a folder of images or a video file as a lazy :class:`FrameSource`.
+    """Open a folder of images, a video file, a stream URL or a camera device as a lazy
+    :class:`FrameSource`.
 
     Args:
-        path: a folder (-> :class:`ImageFolderSource`) or a file whose suffix is in
-            :data:`VIDEO_SUFFIXES` (-> :class:`VideoFileSource`).
+        path: a folder (-> :class:`ImageFolderSource`), a file whose suffix is in
+            :data:`VIDEO_SUFFIXES`, a URL (``rtsp://...``) or a device (``/dev/video0``)
+            (-> :class:`VideoFileSource`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is a file that is not a video.
     """
+    if is_stream(path):
+        return VideoFileSource(path)
     path = Path(path)
     if path.is_dir():
         return ImageFolderSource(path)

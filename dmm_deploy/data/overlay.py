@@ -3,11 +3,15 @@
 :func:`overlay_labels` colours each object with the DAVIS palette, blends it with the frame and
 draws the objects' contours. :class:`OverlayWriter` takes frames one at a time (streaming) and
 writes either a PNG strip of at most ``max_tiles`` evenly spread thumbnails (memory bounded,
-the number of frames need not be known; the first and last frames are always in it) or an mp4 of every frame (``imageio-ffmpeg``).
+the number of frames need not be known; the first and last frames are always in it) or an mp4
+of every frame (``imageio-ffmpeg``). Both are written under a temporary name and renamed when
+closed: an interrupted run leaves no overlay (``close(write=False)`` removes the temporary file).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +153,7 @@ class OverlayWriter:
         self._writer = None
         self._size: tuple[int, int] | None = None
         self._closed = False
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{os.getpid()}{self.path.suffix}")
 
     def __enter__(self) -> OverlayWriter:
         return self
@@ -193,7 +198,7 @@ class OverlayWriter:
             # yuv420p needs even sizes: pad by at most one pixel instead of letting ffmpeg scale.
             self._even = (h + h % 2, w + w % 2)
             self._writer = ffmpeg.write_frames(
-                str(self.path),
+                str(self._tmp),
                 (self._even[1], self._even[0]),
                 fps=self.fps,
                 macro_block_size=1,
@@ -206,21 +211,34 @@ class OverlayWriter:
         self._writer.send(np.ascontiguousarray(ov))
 
     def close(self, write: bool = True) -> Path | None:
-        """Finish the file. Returns its path, or None when no frame was added (nothing written).
+        """Finish the file. Returns its path, or None when nothing was written.
 
         Args:
-            write: False discards a strip (used when an error interrupted the video).
+            write: False discards the overlay (used when an error interrupted the video):
+                nothing is left at ``path``.
         """
         if self._closed:
-            return self.path if self.count else None
+            return self.path if self.count and self.path.exists() else None
         self._closed = True
-        if self.kind == "video":
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
-            return self.path if self.count else None
-        if not write or not self._tiles:
-            return None
+        try:
+            if self.kind == "video":
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
+                if write and self.count:
+                    os.replace(self._tmp, self.path)
+                    return self.path
+                return None
+            if not write or not self._tiles:
+                return None
+            self._write_strip()
+            os.replace(self._tmp, self.path)
+            return self.path
+        finally:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+
+    def _write_strip(self) -> None:
         from PIL import Image
 
         if self._last is not None and self._last[0] != self._tiles[-1][0]:
@@ -237,5 +255,4 @@ class OverlayWriter:
             strip[:, x : x + t.shape[1]] = t
             x += t.shape[1] + gap
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(strip).save(self.path)
-        return self.path
+        Image.fromarray(strip).save(self._tmp, format="PNG")

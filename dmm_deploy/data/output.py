@@ -1,0 +1,297 @@
+"""Result folders that are never lost or mixed: checks, a lock, a partial marker.
+
+:class:`ResultFolder` guards an output folder of per-frame files (palette PNGs):
+
+- :func:`check_output_path` refuses, before any work, a path that is a file, lies below a
+  file, or cannot be written;
+- :meth:`ResultFolder.open` refuses a non-empty folder unless ``overwrite`` (which deletes the
+  previous masks, and refuses to delete anything else) or ``resume`` (which continues an
+  unfinished run with the same settings); a lock file (``.dmm-deploy.lock``, held with
+  ``flock`` while the run lasts) refuses a second writer;
+- while the run lasts, and after it stopped early, the folder holds :data:`PARTIAL_MARKER`
+  (JSON: status, settings, frames written, reason); :meth:`ResultFolder.finish` removes it, so
+  a folder without the marker holds a finished run;
+- masks are written atomically (:func:`~dmm_deploy.data.davis.atomic_output`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmm_deploy.data.davis import write_mask
+
+__all__ = ["LOCK_FILE", "PARTIAL_MARKER", "ResultFolder", "check_output_path", "read_partial"]
+
+PARTIAL_MARKER = "dmm-deploy.partial.json"
+"""Name of the marker file of an unfinished run (in the output folder)."""
+
+LOCK_FILE = ".dmm-deploy.lock"
+"""Name of the lock file held by the run writing a folder."""
+
+_TMP = re.compile(r"^\..+\.tmp\d+\.[A-Za-z0-9]+$")  # atomic_output's temporary names
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+
+def _existing_ancestor(path: Path) -> Path:
+    p = path
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    return p
+
+
+def check_output_path(path: str | Path, arg: str, kind: str = "folder") -> None:
+    """Refuse an output path that cannot be created or written, before any work is done.
+
+    Args:
+        path: the output folder or file.
+        arg: the command-line argument that gave it (named in the error).
+        kind: ``"folder"`` or ``"file"``.
+
+    Raises:
+        ValueError: ``path`` is of the other kind, lies below a file, or its nearest existing
+            folder is not writable; the message names the argument and the path.
+    """
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise ValueError(f"{arg} {path} is a file; expected a folder (new or empty)")
+    if kind == "file" and path.is_dir():
+        raise ValueError(f"{arg} {path} is a folder; expected a file name")
+    start = path if kind == "folder" else path.parent
+    anc = _existing_ancestor(start)
+    if not anc.is_dir():
+        raise ValueError(f"{arg} {path} lies below the file {anc}; expected a path in a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise ValueError(f"{arg} {path}: no permission to write in {anc}")
+
+
+def read_partial(folder: str | Path) -> dict[str, Any] | None:
+    """The partial marker of ``folder`` (a dict), or None when there is none or it is
+    unreadable."""
+    path = Path(folder) / PARTIAL_MARKER
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None if not path.exists() else {"status": "partial"}
+    return data if isinstance(data, dict) else {"status": "partial"}
+
+
+def describe_partial(marker: dict[str, Any]) -> str:
+    """A short text for a partial marker: ``"stopped after 12 of 16 frames: interrupted"``."""
+    done, total = marker.get("frames_written"), marker.get("total")
+    text = "unfinished run"
+    if isinstance(done, int):
+        text += f", {done}" + (f" of {total}" if isinstance(total, int) else "") + " frames written"
+    if marker.get("reason"):
+        text += f" ({marker['reason']})"
+    return text
+
+
+class ResultFolder:
+    """An output folder of masks, guarded (see the module's text).
+
+    Args:
+        path: the folder (created by :meth:`open`).
+        settings: JSON-able values that determine the results; a resumed run must have the
+            same (written into the marker).
+        overwrite: a non-empty folder's previous masks are deleted.
+        resume: continue the unfinished run in the folder (its masks are kept).
+        arg: the command-line argument naming the folder (in errors).
+
+    Attributes:
+        existing: stems of the masks already in the folder when resuming (else empty).
+        written: number of masks written by this run.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        settings: dict[str, Any],
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        arg: str = "--out",
+    ) -> None:
+        if overwrite and resume:
+            raise ValueError("--overwrite and --resume exclude each other")
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings))  # normalised (tuples -> lists)
+        self.overwrite, self.resume, self.arg = overwrite, resume, arg
+        self.existing: set[str] = set()
+        self.written = 0
+        self.total: int | None = None
+        self._lock_fd: int | None = None
+        self._created = False
+        self._started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    # -- checks that need no writing --------------------------------------------------------
+
+    def check(self) -> None:
+        """Refuse, without writing anything, a folder that :meth:`open` would refuse
+        (lock aside)."""
+        check_output_path(self.path, self.arg, "folder")
+        if self.path.is_dir():
+            self._check_contents()
+
+    def _entries(self) -> list[Path]:
+        return [e for e in self.path.iterdir() if e.name != LOCK_FILE and not _TMP.match(e.name)]
+
+    def _check_contents(self) -> None:
+        entries = self._entries()
+        marker = read_partial(self.path)
+        if self.resume:
+            if marker is None:
+                if entries:
+                    raise ValueError(
+                        f"--resume: {self.arg} {self.path} holds no unfinished run (no "
+                        f"{PARTIAL_MARKER}); use --overwrite to replace it"
+                    )
+                return
+            old = marker.get("settings")
+            if old is not None and old != self.settings:
+                diff = [
+                    k for k in sorted({*old, *self.settings}) if old.get(k) != self.settings.get(k)
+                ]
+                k = diff[0]
+                raise ValueError(
+                    f"--resume: the unfinished run in {self.path} used other settings "
+                    f"({k}: {old.get(k)!r}, now {self.settings.get(k)!r}); rerun with its "
+                    "settings, or use --overwrite"
+                )
+            return
+        if not entries:
+            return
+        if not self.overwrite:
+            what = describe_partial(marker) if marker is not None else None
+            names = ", ".join(sorted(e.name for e in entries)[:3])
+            raise ValueError(
+                f"{self.arg} {self.path} is not empty ("
+                + (f"{what}; " if what else "")
+                + f"{len(entries)} entries, e.g. {names}): pass --overwrite to replace its masks"
+                + (", --resume to continue it" if what else "")
+                + ", or choose another folder"
+            )
+        others = [
+            e
+            for e in entries
+            if not (e.is_file() and (e.suffix.lower() == ".png" or e.name == PARTIAL_MARKER))
+        ]
+        if others:
+            names = ", ".join(sorted(e.name for e in others)[:3])
+            raise ValueError(
+                f"--overwrite: {self.arg} {self.path} holds other things than masks ({names}); "
+                "they are not deleted: choose another folder"
+            )
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def open(self, total: int | None = None) -> None:
+        """Create and lock the folder, apply ``overwrite``/``resume``, write the marker.
+
+        Raises:
+            ValueError: the folder is refused (see :meth:`check`) or another run holds it.
+        """
+        check_output_path(self.path, self.arg, "folder")
+        self._created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._check_contents()
+            for e in self.path.iterdir():
+                if _TMP.match(e.name):  # left by a killed run
+                    e.unlink()
+            if self.resume:
+                self.existing = {p.stem for p in self.path.glob("*.png") if p.is_file()}
+            elif self.overwrite:
+                for e in self._entries():
+                    e.unlink()
+            self.total = total
+            self._write_marker("running")
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock(self) -> None:
+        lock = self.path / LOCK_FILE
+        if fcntl is None:  # pragma: no cover - Windows: exclusive creation
+            try:
+                self._lock_fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                raise ValueError(self._busy(lock)) from None
+        else:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise ValueError(self._busy(lock)) from None
+            self._lock_fd = fd
+            os.ftruncate(fd, 0)
+        os.write(self._lock_fd, f"{os.getpid()}\n".encode())
+
+    def _busy(self, lock: Path) -> str:
+        try:
+            pid = lock.read_text().strip() or "?"
+        except OSError:
+            pid = "?"
+        return (
+            f"{self.arg} {self.path} is being written by another run (process {pid}, lock "
+            f"{lock}); wait for it to finish or choose another folder"
+        )
+
+    def _write_marker(self, status: str, reason: str | None = None) -> None:
+        data = {
+            "status": status,
+            "frames_written": len(self.existing) + self.written,
+            "total": self.total,
+            "reason": reason,
+            "started": self._started,
+            "settings": self.settings,
+        }
+        from dmm_deploy.data.davis import atomic_output
+
+        with atomic_output(self.path / PARTIAL_MARKER) as tmp:
+            tmp.write_text(json.dumps(data, indent=1) + "\n")
+
+    def write_mask(self, name: str, labels: np.ndarray) -> Path:
+        """Write ``<folder>/<name>.png`` atomically."""
+        path = write_mask(self.path / f"{name}.png", labels)
+        self.written += 1
+        return path
+
+    def mark_partial(self, reason: str) -> None:
+        """Record that the run stopped early (keeps the marker, with ``reason``)."""
+        with contextlib.suppress(OSError):
+            self._write_marker("partial", reason)
+
+    def finish(self) -> None:
+        """The run is complete: remove the marker and the lock."""
+        (self.path / PARTIAL_MARKER).unlink(missing_ok=True)
+        self.release()
+
+    def release(self, discard_if_empty: bool = False) -> None:
+        """Release the lock; with ``discard_if_empty``, a folder this run created and left
+        with nothing but its marker is removed."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                (self.path / LOCK_FILE).unlink()
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if discard_if_empty and self.written == 0 and not self.existing:
+            with contextlib.suppress(OSError):
+                (self.path / PARTIAL_MARKER).unlink(missing_ok=True)
+                if self._created:
+                    self.path.rmdir()

@@ -16,9 +16,11 @@ STRIDES = (4, 8, 16, 32)
 class RoIEmbedder(nn.Module):
     """Features + boxes -> one embedding per box.
 
-    forward(match, boxes):
-        match: the encoder's 4 matching-feature tensors ``(1, C, H/s, W/s)`` for s = 4..32.
+    forward(match, boxes, batch_index=None):
+        match: the encoder's 4 matching-feature tensors ``(B, C, H/s, W/s)`` for s = 4..32.
         boxes: ``(N, 4)`` float ``x1, y1, x2, y2`` in input-image pixels (N may be 0).
+        batch_index: optional ``(N,)`` index of each box's image in ``match`` (default: all
+            boxes belong to image 0), so one call can embed the boxes of several frames.
     Returns ``(N, 4 C)``: for each level (stride 4 first) RoIAlign ``roi_size`` x ``roi_size``
     with ``sampling_ratio`` points (``aligned=False``, as the original), averaged over the
     grid; the four ``C``-vectors concatenated. No parameters.
@@ -33,8 +35,13 @@ class RoIEmbedder(nn.Module):
         self,
         match: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
         boxes: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        rois = torch.cat([boxes.new_zeros(boxes.shape[0], 1), boxes], dim=1)  # (N, 5)
+        if batch_index is None:
+            first = boxes.new_zeros(boxes.shape[0], 1)
+        else:
+            first = batch_index.to(boxes.dtype)[:, None]
+        rois = torch.cat([first, boxes], dim=1)  # (N, 5)
         out = []
         for feat, stride in zip(match, STRIDES, strict=True):
             pooled = roi_align(

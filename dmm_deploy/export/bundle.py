@@ -1,0 +1,338 @@
+"""Export DMM-Net to a runtime bundle: stage graphs, checks, parity, ``manifest.json``.
+
+:func:`export_bundle` traces each stage of :mod:`dmm_deploy.export.bundle_stages` with the
+legacy (TorchScript) ONNX exporter at opset 17 (RoiAlign's ``output_half_pixel`` mode is
+``aligned=False``, the model's convention), folds ``Constant`` nodes into initializers, applies
+the precision, and for every graph runs ``onnx.checker`` (full check), shape inference, the
+project's TensorRT parser check for 10.3 and 11.0, and a parity check of onnxruntime (CPU)
+against the torch stage. Any failure raises :class:`BundleExportError`; nothing is left in a
+half-written manifest (the manifest is written last).
+
+Why these four graphs: the encoder and the decoder are the heavy stages and have different
+inputs per call (the decoder runs once per object slot with the previous object's state);
+the box embedding needs the proposals, which arrive after the encoder (from a detector or a
+file), so it cannot join the encoder graph without making the detector part of it; the cost,
+the greedy start, the 200-cycle matcher and the read-out are one graph since each consumes
+only the previous one's output (one host round trip instead of three).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from dmm_deploy.export.bundle_stages import (
+    STAGE_IO,
+    DecoderStage,
+    EmbedStage,
+    EncoderStage,
+    MatchStage,
+)
+from dmm_deploy.export.onnx_export import fold_constant_nodes, ort_session
+from dmm_deploy.export.precision import apply_precision
+from dmm_deploy.export.tensorrt_compat import check_tensorrt
+from dmm_deploy.model.net import DMMNet
+from dmm_deploy.runtime.bundle import (
+    BUNDLE_FORMAT,
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    PRECISIONS,
+    StageSpec,
+    TensorSpec,
+    sha256_file,
+)
+
+__all__ = ["TRT_VERSIONS", "BundleExportError", "StageReport", "export_bundle"]
+
+OPSET = 17
+TRT_VERSIONS = ("10.3", "11.0")
+# Parity tolerance: max |onnxruntime - torch| <= tol * max(1, max |torch|), per output.
+TOLERANCE = {"fp32": 1e-4, "mixed": 2e-2, "fp16": 5e-2}
+
+_NP_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+class BundleExportError(RuntimeError):
+    """An exported stage failed a check (the message lists the problems)."""
+
+
+@dataclass
+class StageReport:
+    """What the export measured for one stage."""
+
+    name: str
+    precision: str
+    nodes: int
+    file_bytes: int
+    seconds: float
+    parity_max_abs: float
+    parity_scale: float
+    tensorrt: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _tensor_specs(values) -> tuple[TensorSpec, ...]:
+    out = []
+    for vi in values:
+        tt = vi.type.tensor_type
+        dims = tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in tt.shape.dim)
+        out.append(TensorSpec(vi.name, _NP_DTYPES[tt.elem_type], dims))
+    return tuple(out)
+
+
+def _example_inputs(net: DMMNet, stage: str, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Inputs for tracing and parity: real encoder features, random boxes, masks and states."""
+    cfg = net.cfg
+    g = torch.Generator().manual_seed(seed)
+    h, w = cfg.input_size
+    image = torch.rand(batch, 3, h, w, generator=g)
+    with torch.no_grad():
+        match, skip = net.encoder(image)
+    if stage == "encoder":
+        return (image,)
+    if stage == "embed":
+        n = 3 * batch + 2
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3]) + 0.5
+        boxes = torch.cat([xy, xy + wh], 1)
+        bidx = torch.arange(n) % batch
+        return (*match, boxes, bidx)
+    if stage == "match":
+        o, m, d = 3, 6, cfg.embedding_dim
+        masks = (torch.rand(batch, o + m, h, w, generator=g) > 0.6).float()
+        sizes = torch.tensor([[o, m]] + [[max(1, o - 1), m - 1]] * (batch - 1))
+        return (
+            torch.randn(batch, o, d, generator=g),
+            torch.randn(batch, m, d, generator=g),
+            masks[:, :o] * torch.rand(batch, o, h, w, generator=g),
+            masks[:, o:] * torch.rand(batch, m, h, w, generator=g),
+            sizes,
+        )
+    if stage == "decoder":
+        zeros = net.decoder.zero_state(skip)
+        states = [torch.randn(z.shape, generator=g) * 0.5 for z in zeros for _ in range(3)]
+        hs, cs, ts = states[0::3], states[1::3], states[2::3]
+        masks = torch.rand(batch, 3, h, w, generator=g)
+        return (*skip, masks, *hs, *cs, *ts)
+    raise KeyError(stage)
+
+
+def _dynamic_axes(stage: str) -> dict[str, dict[int, str]]:
+    ins, outs = STAGE_IO[stage]
+    if stage == "encoder":
+        return {n: {0: "B"} for n in (*ins, *outs)}
+    if stage == "embed":
+        axes = {n: {0: "B"} for n in ins if n.startswith("match")}
+        axes.update(boxes={0: "N"}, batch_index={0: "N"}, embeddings={0: "N"})
+        return axes
+    if stage == "match":
+        return {
+            "templates": {0: "B", 1: "O"},
+            "embeddings": {0: "B", 1: "M"},
+            "prev_masks": {0: "B", 1: "O"},
+            "proposal_masks": {0: "B", 1: "M"},
+            "sizes": {0: "B"},
+            "assignment": {0: "B", 1: "O", 2: "M"},
+            "matched": {0: "B", 1: "O"},
+        }
+    return {n: {0: "B"} for n in (*ins, *outs)}
+
+
+def _module(net: DMMNet, stage: str) -> torch.nn.Module:
+    cls = {
+        "encoder": EncoderStage,
+        "embed": EmbedStage,
+        "match": MatchStage,
+        "decoder": DecoderStage,
+    }
+    return cls[stage](net).eval()
+
+
+def _export_stage(net: DMMNet, stage: str, path: Path, precision: str) -> onnx.ModelProto:
+    module = _module(net, stage)
+    args = _example_inputs(net, stage, batch=2, seed=0)
+    ins, outs = STAGE_IO[stage]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and trace warnings
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(ins),
+            output_names=list(outs),
+            dynamic_axes=_dynamic_axes(stage),
+            do_constant_folding=True,
+        )
+    model = onnx.load(str(path))
+    fold_constant_nodes(model)
+    # fp16 matcher: the cost's normalisation epsilon (1e-8) and the 200-cycle accumulation
+    # need float32; that graph keeps float32 arithmetic behind float16 inputs and outputs.
+    graph_precision = "mixed" if (precision == "fp16" and stage == "match") else precision
+    model = apply_precision(model, graph_precision)
+    onnx.checker.check_model(model, full_check=True)
+    model = onnx.shape_inference.infer_shapes(model, check_type=True)
+    onnx.save(model, str(path))
+    return model
+
+
+def _parity(net: DMMNet, stage: str, path: Path, threads: int) -> tuple[float, float]:
+    """Max abs difference (onnxruntime CPU vs torch float32) over two batch sizes, and the
+    largest reference magnitude."""
+    sess = ort_session(path, threads=threads)
+    dtypes = {i.name: i.type for i in sess.get_inputs()}
+    module = _module(net, stage)
+    ins, outs = STAGE_IO[stage]
+    err = scale = 0.0
+    for batch, seed in ((1, 1), (3, 2)):
+        args = _example_inputs(net, stage, batch, seed)
+        with torch.no_grad():
+            want = module(*args)
+        want = want if isinstance(want, tuple) else (want,)
+        feeds = {}
+        for name, a in zip(ins, args, strict=True):
+            arr = a.numpy()
+            feeds[name] = arr.astype(np.float16) if dtypes[name] == "tensor(float16)" else arr
+        got = sess.run(list(outs), feeds)
+        for g, wt in zip(got, want, strict=True):
+            wt = wt.numpy().astype(np.float64)
+            if g.shape != wt.shape:
+                raise BundleExportError(
+                    f"stage {stage}: onnxruntime output shape {g.shape} != torch {wt.shape}"
+                )
+            err = max(err, float(np.abs(g.astype(np.float64) - wt).max(initial=0.0)))
+            scale = max(scale, float(np.abs(wt).max(initial=0.0)))
+    return err, scale
+
+
+def _versions() -> dict:
+    import torchvision
+
+    import dmm_deploy
+
+    out = {
+        "dmm_deploy": getattr(dmm_deploy, "__version__", "unknown"),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "python": platform.python_version(),
+        "opset": OPSET,
+    }
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def export_bundle(
+    net: DMMNet,
+    out: str | Path,
+    *,
+    precision: str = "fp32",
+    proposals: str = "precomputed",
+    threads: int = 1,
+    log=print,
+) -> list[StageReport]:
+    """Export ``net``'s stages to the folder ``out`` and write ``manifest.json``.
+
+    precision: ``fp32``, ``mixed`` (float16 inputs/outputs, float32 inside) or ``fp16``
+        (float16 graphs; the match graph stays mixed, see :func:`_export_stage`).
+    proposals: ``"precomputed"`` (the runtime reads ``.npz`` detections) or ``"maskrcnn"``
+        (not exported by this version: raises ``NotImplementedError``).
+    Raises :class:`BundleExportError` when a graph fails onnx.checker, the TensorRT check or
+    parity. Returns one :class:`StageReport` per stage.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if proposals not in ("precomputed", "maskrcnn"):
+        raise ValueError(f"proposals must be 'precomputed' or 'maskrcnn', got {proposals!r}")
+    if proposals == "maskrcnn":
+        raise NotImplementedError(
+            "proposals='maskrcnn': the Mask R-CNN stage is not exported by this version; "
+            "export with proposals='precomputed' and pass a .npz of detections to the runtime"
+        )
+    if not isinstance(net, DMMNet):
+        raise TypeError(f"net must be a DMMNet, got {type(net).__name__}")
+    net = net.eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stale = out / MANIFEST_NAME
+    if stale.exists():
+        stale.unlink()
+    stages = ["encoder", "embed", "match"] + (["decoder"] if net.cfg.refine else [])
+    reports, specs, problems = [], {}, []
+    tol = TOLERANCE[precision]
+    for name in stages:
+        t0 = time.perf_counter()
+        path = out / f"{name}.onnx"
+        model = _export_stage(net, name, path, precision)
+        trt = {v: check_tensorrt(model, v) for v in TRT_VERSIONS}
+        err, scale = _parity(net, name, path, threads)
+        rep = StageReport(
+            name=name,
+            precision=precision if name != "match" or precision != "fp16" else "mixed",
+            nodes=len(model.graph.node),
+            file_bytes=path.stat().st_size,
+            seconds=time.perf_counter() - t0,
+            parity_max_abs=err,
+            parity_scale=scale,
+            tensorrt=trt,
+        )
+        reports.append(rep)
+        for v, lines in trt.items():
+            problems += [f"{name}: TensorRT {v}: {line}" for line in lines]
+        if not err <= tol * max(1.0, scale):
+            problems.append(
+                f"{name}: parity {err:.3g} exceeds {tol:g} x max(1, {scale:.3g}) ({precision})"
+            )
+        specs[name] = StageSpec(
+            name=name,
+            file=path.name,
+            sha256=sha256_file(path),
+            precision=rep.precision,
+            opset=OPSET,
+            inputs=_tensor_specs(model.graph.input),
+            outputs=_tensor_specs(model.graph.output),
+            extra={"parity_max_abs": err, "parity_scale": scale, "nodes": rep.nodes},
+        )
+        log(
+            f"{name:8s} {rep.nodes:5d} nodes {rep.file_bytes / 2**20:8.1f} MiB "
+            f"parity {err:.2e} (scale {scale:.3g}) TensorRT "
+            + " ".join(f"{v}:{'ok' if not trt[v] else 'FAIL'}" for v in TRT_VERSIONS)
+            + f"  {rep.seconds:.1f} s"
+        )
+    if problems:
+        raise BundleExportError("bundle export failed:\n  " + "\n  ".join(problems))
+    cfg = asdict(net.cfg)
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "version": MANIFEST_VERSION,
+        "config": cfg,
+        "input_size": list(net.cfg.input_size),
+        "precision": precision,
+        "proposals": {"kind": proposals},
+        "stages": {n: s.to_json() for n, s in specs.items()},
+        "versions": _versions(),
+        "tensorrt_check": {v: "ok" for v in TRT_VERSIONS},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    import json
+
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=list) + "\n")
+    return reports

@@ -1,0 +1,156 @@
+"""The per-frame stages of DMM-Net as export-ready modules (tensors in, tensors out).
+
+Each wrapper calls the model's own modules (:class:`~dmm_deploy.model.Encoder`,
+:class:`~dmm_deploy.model.RoIEmbedder`, :class:`~dmm_deploy.model.MatchingCost`,
+:class:`~dmm_deploy.model.RefineDecoder`) and the one matcher reference
+(:func:`dmm_deploy.matching.match_reference`, :func:`~dmm_deploy.matching.greedy_init`), so the
+exported graphs compute what :class:`~dmm_deploy.model.VideoSegmenter` computes. Every stage
+has a leading batch axis so that a server can run several streams' frames in one call:
+
+============ ============================================== =====================================
+stage        inputs                                         outputs
+============ ============================================== =====================================
+encoder      image (B, 3, h, w) RGB in [0, 1]               match4..match32, skip4..skip32
+embed        match4..match32, boxes (N, 4),                 embeddings (N, D)
+             batch_index (N,) int64
+match        templates (B, O, D), embeddings (B, M, D),     assignment (B, O, M),
+             prev_masks (B, O, h, w),                       matched (B, O, h, w)
+             proposal_masks (B, M, h, w), sizes (B, 2)
+decoder      skip4..skip32 (B, ...), masks (B, 3, h, w),    probabilities (B, h, w),
+             h32..h4, c32..c4, t32..t4 (B, ...)             h32_out..h4_out, c32_out..c4_out
+============ ============================================== =====================================
+
+``match`` solves a padded batch of problems: problem ``b`` is ``sizes[b] = (O_b, M_b)`` objects
+by proposals; padding rows/columns are ignored and come out zero. A problem's own padding of
+the original (``P <= O`` proposals: ``O + 1 - P`` zero-cost empty columns, see
+:func:`~dmm_deploy.model.pad_proposals`) is done by the caller with zero embeddings and empty
+masks, which give exactly the zero cost the original pads with.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmm_deploy.matching.reference import greedy_init, match_reference
+from dmm_deploy.model.decoder import to_probabilities
+from dmm_deploy.model.net import DMMNet
+
+__all__ = [
+    "STAGE_IO",
+    "DecoderStage",
+    "EmbedStage",
+    "EncoderStage",
+    "MatchStage",
+    "batched_cost",
+]
+
+LEVELS = ("4", "8", "16", "32")
+COARSE = ("32", "16", "8", "4")
+
+_MATCH = tuple(f"match{s}" for s in LEVELS)
+_SKIP = tuple(f"skip{s}" for s in LEVELS)
+STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "encoder": (("image",), (*_MATCH, *_SKIP)),
+    "embed": ((*_MATCH, "boxes", "batch_index"), ("embeddings",)),
+    "match": (
+        ("templates", "embeddings", "prev_masks", "proposal_masks", "sizes"),
+        ("assignment", "matched"),
+    ),
+    "decoder": (
+        (
+            *_SKIP,
+            "masks",
+            *(f"h{s}" for s in COARSE),
+            *(f"c{s}" for s in COARSE),
+            *(f"t{s}" for s in COARSE),
+        ),
+        ("probabilities", *(f"h{s}_out" for s in COARSE), *(f"c{s}_out" for s in COARSE)),
+    ),
+}
+"""Input and output names of every stage graph, in call order."""
+
+
+class EncoderStage(nn.Module):
+    """``image -> (match4, ..., match32, skip4, ..., skip32)``: the model's encoder, flattened."""
+
+    def __init__(self, net: DMMNet) -> None:
+        super().__init__()
+        self.encoder = net.encoder
+
+    def forward(self, image: torch.Tensor):
+        match, skip = self.encoder(image)
+        return (*match, *skip)
+
+
+class EmbedStage(nn.Module):
+    """``(match4..match32, boxes, batch_index) -> embeddings``: RoIAlign box embeddings."""
+
+    def __init__(self, net: DMMNet) -> None:
+        super().__init__()
+        self.embedder = net.embedder
+
+    def forward(self, m4, m8, m16, m32, boxes, batch_index):
+        return self.embedder((m4, m8, m16, m32), boxes, batch_index)
+
+
+class MatchStage(nn.Module):
+    """Cost, greedy start, the unrolled DMM layer and the test-time read-out, batched.
+
+    The cost is :class:`~dmm_deploy.model.MatchingCost`'s formula over a batch (that module
+    takes one problem; tracing it under ``torch.func.vmap`` hits an operator the exporter
+    lacks; the tests hold the two equal problem by problem); the layer is
+    :func:`~dmm_deploy.matching.match_reference` at ``cfg.n_grad x cfg.n_proj``, started from
+    :func:`~dmm_deploy.matching.greedy_init`, with ``sizes`` masking the padding. Read-out as
+    :func:`~dmm_deploy.model.match_proposals`: each row keeps its maximum entries (with their
+    values) and ``matched = hard @ proposal_masks``.
+    """
+
+    def __init__(self, net: DMMNet) -> None:
+        super().__init__()
+        cfg = net.cfg
+        self.score_weight, self.threshold = cfg.score_weight, cfg.mask_threshold
+        self.n_grad, self.n_proj, self.lr = cfg.n_grad, cfg.n_proj, cfg.lr
+
+    def forward(self, templates, embeddings, prev_masks, proposal_masks, sizes):
+        cost = batched_cost(
+            templates, embeddings, prev_masks, proposal_masks, self.score_weight, self.threshold
+        )
+        x_init = greedy_init(cost, sizes)
+        x = match_reference(cost, x_init, self.n_grad, self.n_proj, self.lr, sizes)
+        row_max = x.amax(dim=2, keepdim=True)
+        hard = x * (x == row_max).to(x.dtype)
+        b, o, _ = hard.shape
+        flat = proposal_masks.reshape(b, proposal_masks.shape[1], -1)
+        matched = torch.bmm(hard, flat).reshape(b, o, *proposal_masks.shape[2:])
+        return x, matched
+
+
+def batched_cost(templates, embeddings, prev_masks, proposal_masks, score_weight, threshold):
+    """:class:`~dmm_deploy.model.MatchingCost` for ``(B, O, ...)`` / ``(B, M, ...)`` inputs:
+    ``-((1 - w) cosine + w IoU(prev > t, proposal > t))``, IoU epsilon 1e-6 as the original."""
+    cos = torch.bmm(
+        F.normalize(templates, dim=2, eps=1e-8),
+        F.normalize(embeddings, dim=2, eps=1e-8).transpose(1, 2),
+    )
+    fa = (prev_masks > threshold).flatten(2).to(cos.dtype)
+    fb = (proposal_masks > threshold).flatten(2).to(cos.dtype)
+    inter = torch.bmm(fa, fb.transpose(1, 2))
+    union = fa.sum(2, keepdim=True) + fb.sum(2)[:, None, :] - inter
+    iou = inter / (union + 1e-6)
+    return -((1.0 - score_weight) * cos + score_weight * iou)
+
+
+class DecoderStage(nn.Module):
+    """One refinement step for a batch of objects: the decoder, then sigmoid at input size."""
+
+    def __init__(self, net: DMMNet) -> None:
+        super().__init__()
+        self.decoder = net.decoder
+        self.size = tuple(net.cfg.input_size)
+
+    def forward(self, s4, s8, s16, s32, masks, *state):
+        h, c, t = state[0:4], state[4:8], state[8:12]
+        logits, h_new, c_new = self.decoder((s4, s8, s16, s32), masks, h, c, t)
+        return (to_probabilities(logits, self.size), *h_new, *c_new)

@@ -1,0 +1,147 @@
+"""Proposals for the runtime, in numpy: detections, the precomputed ``.npz`` reader, Mask R-CNN
+as a bundle stage, and the original's post-processing (:func:`prepare_proposals`).
+
+The ``.npz`` format is the model's (:mod:`dmm_deploy.model.sources`); this reader needs no
+torch. :func:`prepare_proposals` is the numpy form of
+:func:`dmm_deploy.model.prepare_proposals`: masks pasted (box-relative) or resized
+(full-frame) to the input size, tight boxes of ``mask > box_threshold``, empty masks dropped,
+NMS at ``nms_iou`` over the ``+1``-area boxes, the first ``top_k`` by score.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from dmm_deploy.runtime.imaging import nms, paste_box_masks, resize, tight_boxes
+
+__all__ = [
+    "Detections",
+    "MaskRCNNStage",
+    "PrecomputedDetections",
+    "Proposals",
+    "prepare_proposals",
+]
+
+MASK_KINDS = ("box", "frame")
+
+
+class Detections(NamedTuple):
+    """One frame's detections in its own pixels: boxes ``(N, 4)``, scores ``(N,)``, masks
+    ``(N, M, M)`` box-relative (``kind="box"``) or ``(N, H, W)`` full-frame, float32."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray
+    kind: str = "box"
+
+
+class Proposals(NamedTuple):
+    """Proposals at the input resolution: boxes ``(P, 4)``, masks ``(P, h, w)``, scores."""
+
+    boxes: np.ndarray
+    masks: np.ndarray
+    scores: np.ndarray
+
+
+class PrecomputedDetections:
+    """Detections of one video read from a ``.npz`` file (the model's precomputed format).
+
+    ``detect(index, frame)`` returns frame ``index``'s :class:`Detections`; errors name the file.
+    """
+
+    REQUIRED = ("frame", "boxes", "scores", "masks", "mask_kind", "image_size")
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"precomputed proposals file not found: {self.path}")
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                missing = [k for k in self.REQUIRED if k not in data.files]
+                if missing:
+                    raise ValueError(f"missing key(s) {missing}")
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as e:
+            raise ValueError(f"invalid precomputed proposals file {self.path}: {e}") from e
+        frame, boxes, scores, masks = (arrays[k] for k in ("frame", "boxes", "scores", "masks"))
+        kind = str(arrays["mask_kind"])
+        n = frame.shape[0]
+        if (
+            frame.ndim != 1
+            or boxes.shape != (n, 4)
+            or scores.shape != (n,)
+            or masks.ndim != 3
+            or masks.shape[0] != n
+            or kind not in MASK_KINDS
+            or arrays["image_size"].shape != (2,)
+        ):
+            raise ValueError(f"invalid precomputed proposals file {self.path}: inconsistent shapes")
+        self.image_size = tuple(int(v) for v in arrays["image_size"])
+        self.kind = kind
+        order = np.argsort(frame, kind="stable")
+        self._frame = frame[order]
+        self._boxes = boxes[order].astype(np.float32)
+        self._scores = scores[order].astype(np.float32)
+        self._masks = masks[order]
+
+    def detect(self, index: int, frame: np.ndarray) -> Detections:
+        if tuple(frame.shape[:2]) != self.image_size:
+            raise ValueError(
+                f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the proposals in "
+                f"{self.path} are for {self.image_size[1]}x{self.image_size[0]} frames"
+            )
+        lo, hi = np.searchsorted(self._frame, [index, index + 1])
+        masks = self._masks[lo:hi]
+        masks = masks.astype(np.float32) / 255.0 if masks.dtype == np.uint8 else masks
+        return Detections(
+            self._boxes[lo:hi], self._scores[lo:hi], masks.astype(np.float32), self.kind
+        )
+
+
+class MaskRCNNStage:
+    """The bundle's ``proposals`` stage (torchvision Mask R-CNN exported to ONNX) as a source.
+
+    The graph takes ``image (3, H, W)`` float RGB in [0, 1] at the frame's resolution and returns
+    ``boxes (D, 4)`` in frame pixels, ``scores (D,)`` and box-relative ``masks (D, 28, 28)``.
+    """
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+
+    def detect(self, index: int, frame: np.ndarray) -> Detections:
+        image = np.ascontiguousarray(frame.transpose(2, 0, 1), dtype=np.float32) / 255.0
+        out = self.runner.run({"image": image})
+        return Detections(
+            out["boxes"].astype(np.float32),
+            out["scores"].astype(np.float32),
+            out["masks"].astype(np.float32),
+            "box",
+        )
+
+
+def prepare_proposals(det: Detections, frame_size: tuple[int, int], cfg: dict) -> Proposals:
+    """Detections of a ``frame_size`` frame -> :class:`Proposals` at ``cfg["input_size"]``."""
+    h, w = (int(v) for v in cfg["input_size"])
+    h0, w0 = frame_size
+    if det.kind == "box":
+        ratio = np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
+        masks = paste_box_masks(det.masks, det.boxes.astype(np.float32) * ratio, (h, w))
+    else:
+        if tuple(det.masks.shape[1:]) != (h0, w0):
+            raise ValueError(
+                f"full-frame detection masks must match the frame size {(h0, w0)}, "
+                f"got {tuple(det.masks.shape[1:])}"
+            )
+        if len(det.boxes):
+            masks = resize(det.masks.astype(np.float32), (h, w), "bilinear", antialias=True)
+        else:
+            masks = np.zeros((0, h, w), np.float32)
+    boxes, nonempty = tight_boxes(masks, cfg["box_threshold"])
+    boxes, masks, scores = boxes[nonempty], masks[nonempty], det.scores[nonempty]
+    legacy = boxes + np.array([0.0, 0.0, 1.0, 1.0], np.float32)
+    keep = nms(legacy, scores, cfg["nms_iou"])[: int(cfg["top_k"])]
+    return Proposals(boxes[keep], np.ascontiguousarray(masks[keep]), scores[keep])

@@ -1,0 +1,231 @@
+"""Bundle export and the runtime against the torch model: per stage and end to end."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from dmm_deploy.data import read_frame, read_mask  # noqa: E402
+from dmm_deploy.export.bundle import TRT_VERSIONS, export_bundle  # noqa: E402
+from dmm_deploy.export.bundle_stages import STAGE_IO, MatchStage, batched_cost  # noqa: E402
+from dmm_deploy.model import (  # noqa: E402
+    Detections,
+    DMMConfig,
+    DMMNet,
+    PrecomputedProposals,
+    VideoSegmenter,
+)
+from dmm_deploy.model.matching import MatchingCost, match_proposals  # noqa: E402
+from dmm_deploy.model.sources import save_precomputed  # noqa: E402
+from dmm_deploy.runtime import Runtime, StreamingSegmenter, StreamState, step_streams  # noqa: E402
+from dmm_deploy.runtime.proposals import PrecomputedDetections  # noqa: E402
+
+CFG = DMMConfig(backbone="resnet18", input_size=(96, 160))
+VIDEOS = {"bike": [0], "judo": [0, 8, 13]}  # judo's 00005.png is mis-sized
+
+
+def random_detections(n_frames: int, size, seed: int = 0, n: int = 15) -> list[Detections]:
+    """Mask R-CNN-like box-relative detections (blobs in random boxes), seeded per frame."""
+    h, w = size
+    out = []
+    yy, xx = np.mgrid[0:28, 0:28] / 27.0
+    for i in range(n_frames):
+        g = np.random.default_rng((seed, i))
+        xy = g.uniform(0, 1, (n, 2)) * [w * 0.8, h * 0.8]
+        wh = g.uniform(0.05, 0.4, (n, 2)) * [w, h]
+        boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+        masks = []
+        for _ in range(n):
+            c, r = g.uniform(0.3, 0.7, 2), g.uniform(0.2, 0.5, 2)
+            masks.append(np.clip(1.2 - ((xx - c[0]) / r[0]) ** 2 - ((yy - c[1]) / r[1]) ** 2, 0, 1))
+        scores = g.uniform(0, 1, n).astype(np.float32)
+        out.append(Detections(boxes, scores, np.stack(masks).astype(np.float32), "box"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return DMMNet(CFG).eval()
+
+
+@pytest.fixture(scope="module")
+def bundle(net, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle")
+    reports = export_bundle(net, out, log=lambda s: None)
+    return out, reports
+
+
+@pytest.fixture(scope="module")
+def videos(shared_dir, tmp_path_factory):
+    root = shared_dir / "data" / "vos_samples"
+    tmp = tmp_path_factory.mktemp("props")
+    out = {}
+    for name, ann_idx in VIDEOS.items():
+        frames = sorted((root / "images" / name).glob("*.jpg"))
+        size = read_frame(frames[0]).shape[:2]
+        npz = tmp / f"{name}.npz"
+        save_precomputed(npz, random_detections(len(frames), size), size)
+        anns = {i: read_mask(root / "masks" / name / f"{i:05d}.png") for i in ann_idx}
+        out[name] = (frames, anns, npz)
+    return out
+
+
+def test_manifest_describes_every_stage(bundle, net):
+    out, reports = bundle
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["version"] == 1 and m["format"] == "dmm-deploy-bundle"
+    assert m["config"]["backbone"] == "resnet18" and m["input_size"] == [96, 160]
+    assert m["precision"] == "fp32" and m["proposals"] == {"kind": "precomputed"}
+    assert set(m["stages"]) == {"encoder", "embed", "match", "decoder"}
+    for name, st in m["stages"].items():
+        assert [t["name"] for t in st["inputs"]] == list(STAGE_IO[name][0])
+        assert [t["name"] for t in st["outputs"]] == list(STAGE_IO[name][1])
+        assert st["inputs"][0]["shape"][0] in ("B", "N")  # batch axes stay dynamic
+        assert len(st["sha256"]) == 64 and (out / st["file"]).is_file()
+    assert m["stages"]["match"]["inputs"][4] == {
+        "name": "sizes",
+        "dtype": "int64",
+        "shape": ["B", 2],
+    }
+    assert {"torch", "onnx", "onnxruntime", "dmm_deploy"} <= set(m["versions"])
+    for rep in reports:
+        assert all(rep.tensorrt[v] == [] for v in TRT_VERSIONS), rep.tensorrt
+        assert rep.parity_max_abs <= 1e-4 * max(1.0, rep.parity_scale), rep
+
+
+def test_batched_cost_is_the_model_cost_per_problem(net):
+    g = torch.Generator().manual_seed(0)
+    t, e = torch.randn(3, 4, 64, generator=g), torch.randn(3, 7, 64, generator=g)
+    a, b = torch.rand(3, 4, 20, 30, generator=g), torch.rand(3, 7, 20, 30, generator=g)
+    got = batched_cost(t, e, a, b, CFG.score_weight, CFG.mask_threshold)
+    cost = MatchingCost(CFG)
+    for i in range(3):
+        torch.testing.assert_close(got[i], cost(t[i], e[i], a[i], b[i]), rtol=0, atol=1e-6)
+
+
+def test_padded_match_batch_equals_each_problem_alone(net):
+    """The match stage over a padded batch (sizes) = match_proposals on each problem."""
+    g = torch.Generator().manual_seed(1)
+    h, w = CFG.input_size
+    problems = [(2, 6), (4, 3), (1, 1)]  # (objects, proposals); 4 > 3 and 1 = 1 get padded
+    stage = MatchStage(net)
+    rows = []
+    for o, p in problems:
+        m = p if p > o else o + 1
+        tm, em = torch.randn(o, CFG.embedding_dim, generator=g), torch.zeros(m, CFG.embedding_dim)
+        em[:p] = torch.randn(p, CFG.embedding_dim, generator=g)
+        prev = (torch.rand(o, h, w, generator=g) > 0.5).float()
+        pm = torch.zeros(m, h, w)
+        pm[:p] = torch.rand(p, h, w, generator=g)
+        rows.append((tm, em, prev, pm, o, m, p))
+    omax, mmax = max(r[4] for r in rows), max(r[5] for r in rows)
+    pad = lambda x, n: torch.cat([x, x.new_zeros(n - x.shape[0], *x.shape[1:])])  # noqa: E731
+    args = (
+        torch.stack([pad(r[0], omax) for r in rows]),
+        torch.stack([pad(r[1], mmax) for r in rows]),
+        torch.stack([pad(r[2], omax) for r in rows]),
+        torch.stack([pad(r[3], mmax) for r in rows]),
+        torch.tensor([[r[4], r[5]] for r in rows]),
+    )
+    x, matched = stage(*args)
+    for b, (tm, em, prev, pm, o, m, p) in enumerate(rows):
+        cost = net.cost(tm, em[:p], prev, pm[:p])
+        want = match_proposals(cost, pm[:p], CFG.replace(matcher_backend="torch"))
+        torch.testing.assert_close(x[b, :o, :m], want.assignment, atol=1e-6, rtol=0)
+        torch.testing.assert_close(matched[b, :o], want.matched, atol=1e-5, rtol=0)
+        assert float(x[b, o:].abs().sum() + x[b, :, m:].abs().sum()) == 0.0
+
+
+def test_stage_outputs_match_torch_in_onnxruntime(bundle, net):
+    """Per stage, fresh inputs: onnxruntime (CPU, fp32) within 1e-4 (relative to the output
+    scale when above 1) of the torch stage modules."""
+    from dmm_deploy.export.bundle import _example_inputs, _module
+
+    rt = Runtime.open(bundle[0], threads=1)
+    for name in ("encoder", "embed", "match", "decoder"):
+        args = _example_inputs(net, name, batch=2, seed=7)
+        with torch.no_grad():
+            want = _module(net, name)(*args)
+        want = want if isinstance(want, tuple) else (want,)
+        got = rt.run(name, {k: a.numpy() for k, a in zip(STAGE_IO[name][0], args, strict=True)})
+        for out_name, wt in zip(STAGE_IO[name][1], want, strict=True):
+            wt = wt.numpy()
+            tol = 1e-4 * max(1.0, float(np.abs(wt).max()))
+            np.testing.assert_allclose(
+                got[out_name], wt, atol=tol, rtol=0, err_msg=f"{name}.{out_name}"
+            )
+
+
+def _agreement(net, bundle_dir, video, threads=1):
+    frames, anns, npz = video
+    ref = list(VideoSegmenter(net, PrecomputedProposals(npz)).segment(frames, anns[0], anns))
+    rt = Runtime.open(bundle_dir, threads=threads)
+    got = list(StreamingSegmenter(rt, rt.proposal_source(npz)).segment(frames, anns[0], anns))
+    return ref, got, [float((a == b).mean()) for a, b in zip(ref, got, strict=True)]
+
+
+@pytest.mark.parametrize("video", ["bike", "judo"])
+def test_label_maps_match_the_video_segmenter(bundle, net, videos, video):
+    ref, got, agree = _agreement(net, bundle[0], videos[video])
+    assert min(agree) >= 0.999, agree
+    assert [np.unique(a).tolist() for a in got] == [np.unique(a).tolist() for a in ref]
+
+
+def test_streams_batched_together_equal_each_stream_alone(bundle, videos):
+    """step_streams over two videos at once (different objects, frame sizes, late objects)
+    gives what each video gives alone."""
+    rt = Runtime.open(bundle[0], threads=1)
+    names = ["bike", "judo"]
+    alone = {}
+    for n in names:
+        frames, anns, npz = videos[n]
+        seg = StreamingSegmenter(rt, PrecomputedDetections(npz))
+        alone[n] = list(seg.segment(frames[:4], anns[0], anns))
+    states = [StreamState(PrecomputedDetections(videos[n][2])) for n in names]
+    for i in range(4):
+        images = [read_frame(videos[n][0][i]) for n in names]
+        anns = [videos[n][1].get(i) for n in names]
+        labels = step_streams(rt, states, images, anns)
+        for n, lab in zip(names, labels, strict=True):
+            assert float((lab == alone[n][i]).mean()) >= 0.9999
+
+
+def test_matching_only_bundle(net, videos, tmp_path):
+    net2 = DMMNet(CFG.replace(refine=False)).eval()
+    net2.load_state_dict(net.state_dict())
+    export_bundle(net2, tmp_path, log=lambda s: None)
+    assert not (tmp_path / "decoder.onnx").exists()
+    _, _, agree = _agreement(net2, tmp_path, videos["bike"])
+    assert min(agree) >= 0.999, agree
+
+
+@pytest.mark.slow
+def test_resnet50_at_full_input_size(videos, tmp_path):
+    torch.manual_seed(1)
+    net = DMMNet(DMMConfig(backbone="resnet50", input_size=(255, 448))).eval()
+    export_bundle(net, tmp_path, log=lambda s: None)
+    _, _, agree = _agreement(net, tmp_path, videos["bike"])
+    assert min(agree) >= 0.999, agree
+
+
+def test_export_refuses_unknown_options(net, tmp_path):
+    with pytest.raises(ValueError, match="precision"):
+        export_bundle(net, tmp_path, precision="int8")
+    with pytest.raises(ValueError, match="proposals"):
+        export_bundle(net, tmp_path, proposals="yolo")
+
+
+def test_runtime_reads_the_model_npz_format(videos):
+    frames, _, npz = videos["bike"]
+    image = read_frame(frames[1])
+    a = PrecomputedProposals(npz).detect(1, image)
+    b = PrecomputedDetections(npz).detect(1, image)
+    np.testing.assert_array_equal(a.boxes.numpy(), b.boxes)
+    np.testing.assert_array_equal(a.masks.numpy(), b.masks)
+    with pytest.raises(ValueError, match=str(Path(npz).name)):
+        PrecomputedDetections(npz).detect(0, image[:10])

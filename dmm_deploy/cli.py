@@ -37,6 +37,13 @@ class UserError(Exception):
     """An error caused by the user's input: printed as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (no usage block): ``PROG: error: MSG``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 @dataclass(frozen=True)
 class Command:
     """A subcommand: its one-line help and the module holding ``add_args`` and ``run``.
@@ -147,7 +154,7 @@ def _chosen_command(argv: list[str]) -> str | None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; the arguments of ``command`` only (None: of every command, which
     imports every command's module)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dmm-deploy", description="Deployment tools for DMM-Net video object segmentation."
     )
     parser.add_argument("--version", action="version", version=f"dmm-deploy {__version__}")

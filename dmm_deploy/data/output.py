@@ -28,7 +28,14 @@ import numpy as np
 
 from dmm_deploy.data.davis import write_mask
 
-__all__ = ["LOCK_FILE", "PARTIAL_MARKER", "ResultFolder", "check_output_path", "read_partial"]
+__all__ = [
+    "LOCK_FILE",
+    "PARTIAL_MARKER",
+    "ResultFolder",
+    "check_output_path",
+    "describe_partial",
+    "read_partial",
+]
 
 PARTIAL_MARKER = "dmm-deploy.partial.json"
 """Name of the marker file of an unfinished run (in the output folder)."""

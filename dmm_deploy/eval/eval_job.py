@@ -35,21 +35,34 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="boundary tolerance: fraction of the image diagonal if < 1, else pixels "
         "(default 0.008)",
     )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 2) instead of warning: predicted ids that are not ground-truth "
+        "objects, extra predicted frames or sequences, a partial prediction folder",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate ``args.pred`` against ``args.gt``, print the table, write ``args.csv``."""
+    from dmm_deploy.data.output import check_output_path
     from dmm_deploy.eval.folders import evaluate_dirs
 
     if not args.bound_th > 0:
         raise ValueError(f"--bound-th must be > 0, got {args.bound_th}")
+    if args.csv is not None:
+        check_output_path(args.csv, "--csv", "file")  # before the work, not after the table
     results = evaluate_dirs(
         args.gt,
         args.pred,
         exclude_first_last=not args.all_frames,
         bound_th=args.bound_th,
-        progress=sys.stderr.isatty(),
+        progress=not args.no_progress and getattr(args, "verbosity", 0) >= 0,
+        strict=args.strict,
     )
+    for w in results.warnings:
+        print(f"dmm-deploy eval: warning: {w}", file=sys.stderr)
     print(results.format_table())
     if args.csv is not None:
         path = results.write_csv(args.csv)

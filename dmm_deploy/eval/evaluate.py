@@ -4,8 +4,12 @@ Semantics (those of the DAVIS 2017 toolkit in its semi-supervised setting):
 
 - The objects of a sequence are the ids present in its ground truth (any frame), except 0
   (background) and 255. DAVIS marks "void" pixels with 255; the semi-supervised evaluation does
-  not use the void mask, so 255 simply counts as background, in the ground truth and in the
-  prediction alike. Predicted ids that are not objects of the ground truth count as background.
+  not use the void mask, so 255 simply counts as background in the ground truth.
+- Predicted ids that are not objects of the ground truth (255 included) count as background
+  here and are reported (:func:`unknown_ids`; ``dmm-deploy eval`` warns, and refuses with
+  ``--strict``). The official DAVIS 2017 evaluator refuses such a submission outright ("there
+  is an index higher than the number of objects"); it takes the objects to be 1..max id of the
+  first ground-truth frame, and ignores predicted frames and sequences it does not score.
 - Each object gets per-frame J and F (see :mod:`dmm_deploy.eval.metrics`); the first and the
   last frame of every sequence are left out (the first holds the given annotation), unless
   ``exclude_first_last=False``.
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmm_deploy.data.davis import VOID
 from dmm_deploy.eval.metrics import (
     _boundary_from_maps,
     db_statistics,
@@ -38,12 +43,11 @@ __all__ = [
     "ObjectScores",
     "evaluate_sequence",
     "evaluate_sequences",
+    "unknown_ids",
 ]
 
 METRICS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 """Names of the reported statistics, in table / CSV order."""
-
-VOID = 255
 
 
 @dataclass(frozen=True)
@@ -97,9 +101,12 @@ class EvalResults:
 
     Attributes:
         objects: one :class:`ObjectScores` per (sequence, object), sequences in input order.
+        warnings: what was read but not scored (extra frames or sequences, predicted ids
+            that are not objects), one line each.
     """
 
     objects: list[ObjectScores]
+    warnings: tuple[str, ...] = ()
 
     @property
     def sequences(self) -> list[str]:
@@ -147,10 +154,12 @@ class EvalResults:
         return buf.getvalue()
 
     def write_csv(self, path: str | Path) -> Path:
-        """Write :meth:`to_csv` to ``path`` (parent folders are created)."""
+        """Write :meth:`to_csv` to ``path`` atomically (parent folders are created)."""
+        from dmm_deploy.data.davis import atomic_output
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_csv())
+        with atomic_output(path) as tmp:
+            tmp.write_text(self.to_csv())
         return path
 
     def format_table(self) -> str:
@@ -171,6 +180,13 @@ class EvalResults:
                 lines.append("-" * len(head))
             lines.append(f"{r['name']:<{width}}  " + "  ".join(f"{r[m]:>8.3f}" for m in METRICS))
         return "\n".join(lines)
+
+
+def unknown_ids(gt: np.ndarray, pred: np.ndarray) -> list[int]:
+    """Ids in ``pred`` that are not objects of ``gt`` (neither 0 nor an id of ``gt`` other
+    than 255): they count as background in the scores."""
+    known = {int(i) for i in np.unique(gt) if i != VOID} | {0}
+    return [int(i) for i in np.unique(pred) if int(i) not in known]
 
 
 def _as_label_stack(name: str, a) -> np.ndarray:
@@ -267,7 +283,8 @@ def evaluate_sequences(
     Args:
         gt: sequence name -> ``(T, H, W)`` integer ground-truth label maps.
         pred: sequence name -> ``(T, H, W)`` predicted label maps; must cover every sequence
-            of ``gt`` (extra sequences are ignored).
+            of ``gt`` (extra sequences are not scored; they are listed in ``warnings``, as are
+            predicted ids that are not ground-truth objects).
         exclude_first_last: leave out the first and last frame of each sequence.
         bound_th: boundary tolerance (fraction of the diagonal if < 1, else pixels).
 
@@ -282,9 +299,22 @@ def evaluate_sequences(
     missing = [s for s in gt if s not in pred]
     if missing:
         raise ValueError(f"pred has no sequence named {', '.join(map(repr, missing))}")
+    warnings = []
+    extra = [s for s in pred if s not in gt]
+    if extra:
+        warnings.append(
+            f"{len(extra)} predicted sequence(s) not in the ground truth, not scored: "
+            + ", ".join(map(str, extra[:5]))
+        )
     objects: list[ObjectScores] = []
     for seq in gt:
         objects += evaluate_sequence(
             gt[seq], pred[seq], seq, exclude_first_last=exclude_first_last, bound_th=bound_th
         )
-    return EvalResults(objects)
+        unknown = unknown_ids(np.asarray(gt[seq]), np.asarray(pred[seq]))
+        if unknown:
+            warnings.append(
+                f"sequence {seq!r}: predicted ids {unknown} are not ground-truth objects "
+                "(scored as background)"
+            )
+    return EvalResults(objects, tuple(warnings))

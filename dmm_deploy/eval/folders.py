@@ -3,8 +3,11 @@
 ``--gt`` and ``--pred`` may each be a root whose sub-folders are sequences, or a single
 sequence folder holding the PNGs itself. The frames of a sequence are the ground truth's PNGs;
 the prediction must have a PNG of the same name and size for every scored frame (with the
-first and last frames excluded, their predictions may be missing). Extra predicted frames and
-sequences are ignored.
+first and last frames excluded, their predictions may be missing).
+
+Not scored, but reported in :attr:`EvalResults.warnings` (``strict=True`` refuses them): extra
+predicted frames and sequences, predicted ids that are not ground-truth objects, and a
+prediction folder marked partial by ``dmm-deploy segment`` (an unfinished run).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from dmm_deploy.data.davis import DataFileError, list_images, read_label_dir, read_mask
-from dmm_deploy.eval.evaluate import EvalResults, evaluate_sequence
+from dmm_deploy.data.output import describe_partial, read_partial
+from dmm_deploy.eval.evaluate import EvalResults, evaluate_sequence, unknown_ids
 
 __all__ = ["evaluate_dirs", "find_sequences", "load_prediction"]
 
@@ -81,6 +85,7 @@ def evaluate_dirs(
     exclude_first_last: bool = True,
     bound_th: float = 0.008,
     progress: bool = False,
+    strict: bool = False,
 ) -> EvalResults:
     """Evaluate predicted palette PNGs against DAVIS ground truth folders.
 
@@ -90,17 +95,28 @@ def evaluate_dirs(
         exclude_first_last: leave out each sequence's first and last frame (DAVIS 2017
             semi-supervised).
         bound_th: boundary tolerance (fraction of the diagonal if < 1, else pixels).
-        progress: show a progress bar over sequences on stderr.
+        progress: report progress over sequences on stderr (a bar on a terminal, else lines).
+        strict: refuse (``DataFileError``) what is otherwise only reported in
+            ``warnings``: predicted ids that are not ground-truth objects (in the scored
+            frames), extra predicted frames or sequences, a partial prediction folder.
 
     Returns:
-        :class:`~dmm_deploy.eval.evaluate.EvalResults`.
+        :class:`~dmm_deploy.eval.evaluate.EvalResults` (``warnings`` lists what was not
+        scored).
 
     Raises:
         FileNotFoundError: a folder does not exist.
         DataFileError: missing sequences/frames, unreadable files, or size mismatches (the
-            message names the file).
+            message names the file); with ``strict``, the first warning.
     """
-    from tqdm import tqdm
+    from dmm_deploy.progress import Progress
+
+    warnings: list[str] = []
+
+    def warn(path: Path, message: str) -> None:
+        if strict:
+            raise DataFileError(path, f"{message} (refused by --strict)")
+        warnings.append(message)
 
     gt, pred = Path(gt), Path(pred)
     gt_seqs = find_sequences(gt, "ground-truth folder")
@@ -117,12 +133,46 @@ def evaluate_dirs(
             raise DataFileError(
                 pred / seq, f"no prediction for sequence {seq!r}: {pred / seq} not found"
             )
+    if not single and not list_images(pred, (".png",)):
+        extra = sorted(
+            d.name
+            for d in pred.iterdir()
+            if d.is_dir() and d.name not in gt_seqs and list_images(d, (".png",))
+        )
+        if extra:
+            warn(
+                pred / extra[0],
+                f"{len(extra)} predicted sequence(s) not in the ground truth, not scored: "
+                + ", ".join(extra[:5]),
+            )
+    for d in dict.fromkeys(pred_dirs.values()):
+        marker = read_partial(d)
+        if marker is not None:
+            warn(d, f"prediction folder {d} is marked partial: {describe_partial(marker)}")
     objects = []
-    for seq, gdir in tqdm(gt_seqs.items(), desc="eval", unit="seq", disable=not progress):
+    bar = Progress("eval", len(gt_seqs), "sequence", enabled=progress)
+    for seq, gdir in gt_seqs.items():
         names, g = read_label_dir(gdir)
         skip = {0, len(names) - 1} if exclude_first_last else set()
         p = load_prediction(pred_dirs[seq], names, g.shape[1:], skip)
+        extra = sorted(set(f.stem for f in list_images(pred_dirs[seq], (".png",))) - set(names))
+        if extra:
+            warn(
+                pred_dirs[seq] / f"{extra[0]}.png",
+                f"sequence {seq!r}: {len(extra)} predicted frame(s) not in the ground truth, "
+                f"not scored: {', '.join(extra[:5])}",
+            )
+        scored = sorted(set(range(len(names))) - skip)
+        unknown = unknown_ids(g, p[scored])
+        if unknown:
+            warn(
+                pred_dirs[seq],
+                f"sequence {seq!r}: predicted ids {unknown} are not ground-truth objects "
+                "(scored as background; the official DAVIS evaluator refuses them)",
+            )
         objects += evaluate_sequence(
             g, p, seq, exclude_first_last=exclude_first_last, bound_th=bound_th
         )
-    return EvalResults(objects)
+        bar.update()
+    bar.close()
+    return EvalResults(objects, tuple(warnings))

@@ -1,0 +1,277 @@
+"""Runtime benchmark: torch ``VideoSegmenter`` against the bundle runtime (onnxruntime CPU).
+
+    python bench/bench_runtime.py [--backbones resnet50 resnet101] [--threads 1 2]
+        [--frames 8] [--input-size 255x448] [--out bench/results/cpu]
+
+For each backbone (random weights, seeded; the same weights in both) a bundle is exported
+(fp32) and the bike sample is segmented with precomputed detections (100 random box
+detections per frame, the same file for both) by each pipeline in its own process, at each
+thread count: one untimed pass (warm-up), then a timed pass. Per frame (annotated frame 0
+excluded) the wall time and each stage's time are recorded (the stage names of
+``dmm_deploy.model.STAGES``, timed by the same ``timer`` hook in both pipelines), and the
+process's peak RSS. The label maps of the two pipelines are compared pixel by pixel.
+
+Mask R-CNN proposals: the runtime bundle has no Mask R-CNN stage in this version, so only
+precomputed proposals are compared (written in the results).
+Results: ``runtime.csv`` and ``runtime.md`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEFAULT_OUT, REPO_ROOT, machine_info, machine_markdown
+
+SAMPLES = REPO_ROOT.parent / "shared" / "data" / "vos_samples"
+STAGE_NAMES = ("encoder", "proposals", "features_cost", "matching", "refinement", "merge")
+
+
+class Timer:
+    """``timer(stage)``: accumulates each stage's wall time for the current frame."""
+
+    def __init__(self) -> None:
+        self.frame: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.frame[stage] = self.frame.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (``VmHWM``; unlike ``ru_maxrss`` it does not carry
+    the parent's peak across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def pingpong(n_available: int, n_wanted: int) -> list[int]:
+    period = max(1, 2 * (n_available - 1))
+    return [i if i < n_available else period - i for i in (k % period for k in range(n_wanted))]
+
+
+def worker(args: argparse.Namespace) -> int:
+    """One pipeline in this process; prints one JSON line."""
+    from dmm_deploy.data import read_frame, read_mask
+
+    frames_all = sorted((SAMPLES / "images" / "bike").glob("*.jpg"))
+    frames = [read_frame(frames_all[i]) for i in pingpong(len(frames_all), args.frames)]
+    mask = read_mask(SAMPLES / "masks" / "bike" / "00000.png")
+    timer = Timer()
+    if args.worker == "torch":
+        import torch
+
+        from dmm_deploy.model import DMMConfig, DMMNet, PrecomputedProposals, VideoSegmenter
+
+        torch.set_num_threads(args.threads[0])
+        torch.manual_seed(args.seed)
+        size = tuple(int(v) for v in args.input_size.split("x"))
+        net = DMMNet(DMMConfig(backbone=args.backbone, input_size=size))
+        seg = VideoSegmenter(net, PrecomputedProposals(args.npz), timer=timer)
+    else:
+        from dmm_deploy.runtime import Runtime, StreamingSegmenter
+        from dmm_deploy.runtime.proposals import PrecomputedDetections
+
+        rt = Runtime.open(args.bundle, threads=args.threads[0])
+        seg = StreamingSegmenter(rt, PrecomputedDetections(args.npz), timer=timer)
+    for _ in seg.segment(frames, mask):  # warm-up pass
+        pass
+    per_frame, stages, labels = [], {s: [] for s in STAGE_NAMES}, []
+    for i, frame in enumerate(frames):
+        timer.frame = {}
+        t0 = time.perf_counter()
+        out = seg.start(frame, mask) if i == 0 else seg.step(frame)
+        dt = time.perf_counter() - t0
+        labels.append(out)
+        if i == 0:
+            continue
+        per_frame.append(dt)
+        for s in STAGE_NAMES:
+            stages[s].append(timer.frame.get(s, 0.0))
+    np.savez_compressed(args.labels, labels=np.stack(labels))
+    rss = peak_rss_mib()
+    result = {
+        "frame_ms": [1e3 * t for t in per_frame],
+        "stages_ms": {s: float(np.median(v)) * 1e3 for s, v in stages.items()},
+        "peak_rss_mib": rss,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+def _stats(ms: list[float]) -> tuple[float, float, float]:
+    a = np.asarray(ms)
+    return float(np.median(a)), float(np.percentile(a, 20)), float(np.percentile(a, 80))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbones", nargs="+", default=["resnet50", "resnet101"])
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--input-size", default="255x448")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--worker", choices=("torch", "runtime"), help=argparse.SUPPRESS)
+    p.add_argument("--backbone", help=argparse.SUPPRESS)
+    p.add_argument("--bundle", help=argparse.SUPPRESS)
+    p.add_argument("--npz", help=argparse.SUPPRESS)
+    p.add_argument("--labels", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return worker(args)
+
+    import torch
+
+    from dmm_deploy.data import read_frame
+    from dmm_deploy.export.bundle import export_bundle
+    from dmm_deploy.model import Detections, DMMConfig, DMMNet
+    from dmm_deploy.model.sources import save_precomputed
+
+    size = tuple(int(v) for v in args.input_size.split("x"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_runtime_"))
+    frames = sorted((SAMPLES / "images" / "bike").glob("*.jpg"))
+    first = read_frame(frames[0])
+    h, w = first.shape[:2]
+    rng = np.random.default_rng(args.seed)
+    dets = []
+    for _ in frames:
+        xy = rng.uniform(0, 0.7, (100, 2)) * (w, h)
+        boxes = np.concatenate([xy, xy + rng.uniform(0.05, 0.3, (100, 2)) * (w, h)], 1)
+        masks = rng.uniform(0, 1, (100, 28, 28)).astype(np.float32)
+        dets.append(Detections(boxes.astype(np.float32), rng.uniform(0, 1, 100), masks, "box"))
+    npz = tmp / "bike.npz"
+    save_precomputed(npz, dets, (h, w))
+
+    rows = []
+    for backbone in args.backbones:
+        torch.manual_seed(args.seed)
+        net = DMMNet(DMMConfig(backbone=backbone, input_size=size)).eval()
+        bundle = tmp / backbone
+        t0 = time.perf_counter()
+        export_bundle(net, bundle, log=lambda s: None)
+        print(f"{backbone}: bundle exported in {time.perf_counter() - t0:.0f} s", flush=True)
+        del net
+        for threads in args.threads:
+            res = {}
+            for kind in ("torch", "runtime"):
+                labels = tmp / f"{backbone}-{threads}-{kind}.npz"
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    kind,
+                    "--backbone",
+                    backbone,
+                    "--bundle",
+                    str(bundle),
+                    "--npz",
+                    str(npz),
+                    "--labels",
+                    str(labels),
+                    "--threads",
+                    str(threads),
+                    "--frames",
+                    str(args.frames),
+                    "--input-size",
+                    args.input_size,
+                    "--seed",
+                    str(args.seed),
+                ]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                res[kind] = json.loads(out.stdout.strip().splitlines()[-1])
+                res[kind]["labels"] = np.load(labels)["labels"]
+            agree = float((res["torch"]["labels"] == res["runtime"]["labels"]).mean())
+            for kind in ("torch", "runtime"):
+                med, p20, p80 = _stats(res[kind]["frame_ms"])
+                row = {
+                    "backbone": backbone,
+                    "threads": threads,
+                    "pipeline": "torch eager" if kind == "torch" else "runtime (onnxruntime CPU)",
+                    "frame_ms": med,
+                    "frame_p20_ms": p20,
+                    "frame_p80_ms": p80,
+                    **{f"{s}_ms": res[kind]["stages_ms"][s] for s in STAGE_NAMES},
+                    "peak_rss_mib": res[kind]["peak_rss_mib"],
+                    "label_agreement": agree,
+                }
+                rows.append(row)
+                print(
+                    f"{backbone} t={threads} {kind:8s} frame {med:7.1f} ms  "
+                    f"RSS {row['peak_rss_mib']:7.0f} MiB  agreement {agree:.5f}",
+                    flush=True,
+                )
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    keys = list(rows[0])
+    with open(args.out / "runtime.csv", "w") as f:
+        f.write(",".join(keys) + "\n")
+        for r in rows:
+            f.write(
+                ",".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
+                + "\n"
+            )
+    lines = [
+        "# Runtime benchmark: torch VideoSegmenter vs the bundle runtime (onnxruntime CPU)",
+        "",
+        machine_markdown(machine_info()),
+        "",
+        f"Command: `python bench/bench_runtime.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        f"bike sample (854x480), input {args.input_size}, {args.frames} frames (ping-pong over the "
+        "4 frames), frame 0 (annotated) excluded; one warm-up pass first. 100 random box "
+        "detections per frame from one precomputed .npz, read by both. Random weights (seeded, "
+        "identical in both). Each pipeline in its own process (peak RSS = VmHWM of that process). The "
+        "machine was shared with other jobs: compare ratios within a row pair only.",
+        "",
+        "| backbone | threads | pipeline | frame ms (p20-p80) | encoder | features+cost | "
+        "matching | refinement | proposals+merge | peak RSS MiB | runtime/torch time | "
+        "runtime/torch RSS | label agreement |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i in range(0, len(rows), 2):
+        t, r = rows[i], rows[i + 1]
+        for row in (t, r):
+            ratio_t = r["frame_ms"] / t["frame_ms"]
+            ratio_m = r["peak_rss_mib"] / t["peak_rss_mib"]
+            lines.append(
+                f"| {row['backbone']} | {row['threads']} | {row['pipeline']} | "
+                f"{row['frame_ms']:.0f} ({row['frame_p20_ms']:.0f}-{row['frame_p80_ms']:.0f}) | "
+                f"{row['encoder_ms']:.0f} | {row['features_cost_ms']:.1f} | "
+                f"{row['matching_ms']:.1f} | {row['refinement_ms']:.0f} | "
+                f"{row['proposals_ms'] + row['merge_ms']:.1f} | {row['peak_rss_mib']:.0f} | "
+                + (
+                    f"{ratio_t:.2f}x | {ratio_m:.2f}x | {row['label_agreement']:.5f} |"
+                    if row is r
+                    else "| | |"
+                )
+            )
+    lines += [
+        "",
+        "Mask R-CNN proposals: not measured: the bundle format has no exported Mask R-CNN stage "
+        "in this version (export with --proposals precomputed).",
+        "",
+    ]
+    (args.out / "runtime.md").write_text("\n".join(lines))
+    print(f"wrote {args.out / 'runtime.csv'} and {args.out / 'runtime.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

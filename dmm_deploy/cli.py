@@ -26,6 +26,7 @@ import importlib
 import logging
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
 
 from dmm_deploy import __version__
@@ -201,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     _, run = COMMANDS[args.command].load()
     prog = f"dmm-deploy {args.command}"
     try:
-        return int(run(args) or 0)
+        with warnings.catch_warnings():
+            if verbosity < 1:  # the libraries' own warnings (several lines each) only with -v
+                for module in ("torch", "torchvision", "onnxruntime", "onnx"):
+                    warnings.filterwarnings("ignore", module=module)
+            return int(run(args) or 0)
     except KeyboardInterrupt as e:
         detail = str(e).strip()
         print(f"{prog}: {detail or 'interrupted'}", file=sys.stderr)

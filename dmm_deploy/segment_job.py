@@ -600,7 +600,10 @@ def build_model(opts: SegmentOptions):
         try:
             load_original_checkpoint(net, opts.checkpoint)
         except (ValueError, FileNotFoundError) as e:
-            raise ValueError(f"{e} (is --backbone {opts.backbone} the checkpoint's?)") from e
+            text = _first_line(e)
+            if "shape" in text:
+                text += f" (is --backbone {opts.backbone} the checkpoint's?)"
+            raise ValueError(text) from e
         except Exception as e:  # unpickling / zip / torch errors of a garbage file
             raise ValueError(
                 f"--checkpoint {opts.checkpoint} is not a readable DMM-Net checkpoint: "
@@ -640,7 +643,7 @@ def build_proposals(opts: SegmentOptions):
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     text = lines[0] if lines else type(e).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+    return text if len(text) <= 240 else text[:237] + "..."
 
 
 def build_segmenter(opts: SegmentOptions, timings: dict[str, float] | None = None) -> Segmenter:

@@ -600,7 +600,7 @@ def build_model(opts: SegmentOptions):
         try:
             load_original_checkpoint(net, opts.checkpoint)
         except (ValueError, FileNotFoundError) as e:
-            text = _first_line(e)
+            text = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
             if "shape" in text:
                 text += f" (is --backbone {opts.backbone} the checkpoint's?)"
             raise ValueError(text) from e

@@ -601,8 +601,10 @@ def build_model(opts: SegmentOptions):
             load_original_checkpoint(net, opts.checkpoint)
         except (ValueError, FileNotFoundError) as e:
             text = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
-            if "shape" in text:
+            if "shape" in text:  # the model layer's own list of mismatches: kept whole
                 text += f" (is --backbone {opts.backbone} the checkpoint's?)"
+            else:  # e.g. torch's many-line unpickling message: its beginning
+                text = _first_line(e)
             raise ValueError(text) from e
         except Exception as e:  # unpickling / zip / torch errors of a garbage file
             raise ValueError(

@@ -16,10 +16,12 @@ the cost and ``x_init`` once, keeps ``X``, ``P2``, ``lr * C`` and the running su
 as ``(PROBLEMS, BLOCK_N, BLOCK_M)`` register tiles and the column correction ``q1`` as a
 ``(PROBLEMS, 1, BLOCK_M)`` vector, runs all ``n_grad * n_proj`` inner steps, and writes the
 mean once. Loads are converted to fp32, all arithmetic is fp32, the store casts to the input
-dtype. Offsets are int64.
+dtype. Offsets are int64. NaN and Inf propagate as in the reference (the relu keeps NaN); values
+outside a problem's ``n_b x m_b`` block are never read.
 
-Backward (:func:`matcher_backward`): given the relu pattern ``R = [X3 > 0]`` and the active
-columns ``A = [s > 1]`` of every inner step, the step is linear, and its adjoint is::
+Backward (:func:`matcher_backward`): given the relu pattern ``R = not [X3 <= 0]`` and the
+active columns ``A = not [s <= 1]`` of every inner step (written this way round, a NaN counts as
+positive, as in ``torch.relu``'s gradient), the step is linear, and its adjoint is::
 
     G    = mask * (gP2 + R * (gX - gP2))          adjoint of X3
     gd   = colsum(G);  gr = rowsum(G)
@@ -123,6 +125,56 @@ _SHAPE_KEY = ["BLOCK_N", "BLOCK_M", "PROBLEMS", "HAS_SIZES"]
 _PRUNE = {"early_config_prune": _prune_warps}
 
 
+@triton.jit
+def _relu(x):
+    """``max(x, 0)`` that keeps NaN, as ``torch.relu`` does (``tl.maximum``'s default and PTX's
+    ``max.f32`` return the other operand)."""
+    return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _problem_layout(
+    sizes_ptr,  # (B, 2) int64 (n_b, m_b); unused unless HAS_SIZES
+    B,
+    n,
+    m,
+    HAS_SIZES: tl.constexpr,
+    PROBLEMS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """Indices and masks of this program's ``PROBLEMS`` problems.
+
+    ``sizes`` is clamped to ``[0, n] x [0, m]`` here, so that no value it holds makes a
+    program touch memory outside its own problems; a problem with ``n_b = 0`` or ``m_b = 0``
+    has no valid element (its outputs are zero) and divides by 1 instead of 0.
+    Returns ``prob3 (P, 1, 1)`` int64 problem indices, ``rows (1, BN, 1)``, ``cols (1, 1, BM)``,
+    the masks ``row_ok (P, BN, 1)``, ``col_ok (P, 1, BM)``, ``valid`` (their product) and
+    ``in_bounds`` (the whole ``n x m`` block of every existing problem), and ``1 / n_b``,
+    ``1 / m_b`` as ``(P, 1, 1)`` fp32.
+    """
+    pid = tl.program_id(0)
+    prob = pid.to(tl.int64) * PROBLEMS + tl.arange(0, PROBLEMS).to(tl.int64)  # (P,)
+    rows = tl.arange(0, BLOCK_N)[None, :, None]  # (1, BN, 1)
+    cols = tl.arange(0, BLOCK_M)[None, None, :]  # (1, 1, BM)
+    prob_ok = prob < B
+    if HAS_SIZES:
+        n_b = tl.load(sizes_ptr + 2 * prob, mask=prob_ok, other=0)  # (P,)
+        m_b = tl.load(sizes_ptr + 2 * prob + 1, mask=prob_ok, other=0)
+        n_b = tl.minimum(tl.maximum(n_b, 0), n)
+        m_b = tl.minimum(tl.maximum(m_b, 0), m)
+    else:
+        n_b = tl.full((PROBLEMS,), 1, tl.int64) * n
+        m_b = tl.full((PROBLEMS,), 1, tl.int64) * m
+    row_ok = (rows < n_b[:, None, None]) & prob_ok[:, None, None]  # (P, BN, 1)
+    col_ok = (cols < m_b[:, None, None]) & prob_ok[:, None, None]  # (P, 1, BM)
+    valid = row_ok & col_ok  # (P, BN, BM): the problem's own n_b x m_b block
+    in_bounds = (rows < n) & (cols < m) & prob_ok[:, None, None]  # the whole padded block
+    inv_n = 1.0 / tl.maximum(n_b, 1)[:, None, None].to(tl.float32)  # (P, 1, 1)
+    inv_m = 1.0 / tl.maximum(m_b, 1)[:, None, None].to(tl.float32)
+    return prob[:, None, None], rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m
+
+
 @triton.autotune(_warp_configs(), key=[*_SHAPE_KEY, "SAVE_BITS"], prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["n_grad", "n_proj", "lr"])
 def _dmm_fwd_kernel(
@@ -151,25 +203,9 @@ def _dmm_fwd_kernel(
     BLOCK_M: tl.constexpr,  # next_power_of_2(m)
 ):
     SPW: tl.constexpr = 64 // BLOCK_N  # inner steps per relu-pattern word
-    pid = tl.program_id(0)
-    prob = pid.to(tl.int64) * PROBLEMS + tl.arange(0, PROBLEMS).to(tl.int64)  # (P,)
-    rows = tl.arange(0, BLOCK_N)[None, :, None]  # (1, BN, 1)
-    cols = tl.arange(0, BLOCK_M)[None, None, :]  # (1, 1, BM)
-    prob_ok = prob < B
-    if HAS_SIZES:
-        n_b = tl.load(sizes_ptr + 2 * prob, mask=prob_ok, other=1)  # (P,)
-        m_b = tl.load(sizes_ptr + 2 * prob + 1, mask=prob_ok, other=1)
-    else:
-        n_b = tl.full((PROBLEMS,), 1, tl.int64) * n
-        m_b = tl.full((PROBLEMS,), 1, tl.int64) * m
-    row_ok = (rows < n_b[:, None, None]) & prob_ok[:, None, None]  # (P, BN, 1)
-    col_ok = (cols < m_b[:, None, None]) & prob_ok[:, None, None]  # (P, 1, BM)
-    valid = row_ok & col_ok  # (P, BN, BM): the problem's own n_b x m_b block
-    in_bounds = (rows < n) & (cols < m) & prob_ok[:, None, None]  # the whole padded block
-    inv_n = 1.0 / n_b[:, None, None].to(tl.float32)  # (P, 1, 1)
-    inv_m = 1.0 / m_b[:, None, None].to(tl.float32)
-
-    prob3 = prob[:, None, None]
+    prob3, rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m = _problem_layout(
+        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M
+    )
     c = tl.load(
         cost_ptr + prob3 * stride_cb + rows * stride_cn + cols * stride_cm, mask=valid, other=0.0
     )
@@ -197,9 +233,9 @@ def _dmm_fwd_kernel(
             col_sum = tl.reduce(x, 1, _add, keep_dims=True)  # (P, 1, BM), from the same X
             a = tl.where(row_ok, (row_sum - 1.0) * inv_m, 0.0)
             s = col_sum - tl.reduce(a, 1, _add, keep_dims=True) + q1
-            q1_new = tl.where(col_ok, tl.maximum(s - 1.0, 0.0), 0.0)  # (P, 1, BM)
+            q1_new = tl.where(col_ok, _relu(s - 1.0), 0.0)  # (P, 1, BM)
             x3 = tl.where(valid, x - a + (q1 - q1_new) * inv_n + p2, 0.0)
-            x = tl.maximum(x3, 0.0)
+            x = _relu(x3)
             p2 = x3 - x
             q1 = q1_new
             if SAVE_BITS:
@@ -207,13 +243,13 @@ def _dmm_fwd_kernel(
                 last = k == n_steps - 1
                 # relu pattern of this step: BLOCK_N bits per column, SPW steps per word
                 slot = k % SPW
-                col_bits = tl.reduce(tl.where(x3 > 0.0, row_bit, 0), 1, _add, keep_dims=True)
+                col_bits = tl.reduce(tl.where(x3 <= 0.0, 0, row_bit), 1, _add, keep_dims=True)
                 r_word = tl.where(slot == 0, 0, r_word) | (col_bits << (slot * BLOCK_N))
                 flush = col_ok & ((slot == SPW - 1) | last)
                 tl.store(r_base + (k // SPW) * m, r_word, mask=flush)
                 # active columns: one bit per column, 64 steps per word
                 a_slot = k % 64
-                active = tl.where(q1_new > 0.0, 1, 0).to(tl.int64)
+                active = tl.where(q1_new <= 0.0, 0, 1).to(tl.int64)
                 a_word = tl.where(a_slot == 0, 0, a_word) | (active << a_slot)
                 flush = col_ok & ((a_slot == 63) | last)
                 tl.store(a_base + (k // 64) * m, a_word, mask=flush)
@@ -248,25 +284,9 @@ def _dmm_bwd_kernel(
     BLOCK_M: tl.constexpr,
 ):
     SPW: tl.constexpr = 64 // BLOCK_N
-    pid = tl.program_id(0)
-    prob = pid.to(tl.int64) * PROBLEMS + tl.arange(0, PROBLEMS).to(tl.int64)  # (P,)
-    rows = tl.arange(0, BLOCK_N)[None, :, None]  # (1, BN, 1)
-    cols = tl.arange(0, BLOCK_M)[None, None, :]  # (1, 1, BM)
-    prob_ok = prob < B
-    if HAS_SIZES:
-        n_b = tl.load(sizes_ptr + 2 * prob, mask=prob_ok, other=1)
-        m_b = tl.load(sizes_ptr + 2 * prob + 1, mask=prob_ok, other=1)
-    else:
-        n_b = tl.full((PROBLEMS,), 1, tl.int64) * n
-        m_b = tl.full((PROBLEMS,), 1, tl.int64) * m
-    row_ok = (rows < n_b[:, None, None]) & prob_ok[:, None, None]  # (P, BN, 1)
-    col_ok = (cols < m_b[:, None, None]) & prob_ok[:, None, None]  # (P, 1, BM)
-    valid = row_ok & col_ok
-    in_bounds = (rows < n) & (cols < m) & prob_ok[:, None, None]
-    inv_n = 1.0 / n_b[:, None, None].to(tl.float32)
-    inv_m = 1.0 / m_b[:, None, None].to(tl.float32)
-
-    prob3 = prob[:, None, None]
+    prob3, rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m = _problem_layout(
+        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M
+    )
     g_offs = prob3 * stride_gb + rows * stride_gn + cols * stride_gm
     g_out = tl.load(grad_out_ptr + g_offs, mask=valid, other=0.0).to(tl.float32)
     g_total = g_out / (n_grad + 1).to(tl.float32)  # adjoint of every iterate in the mean
@@ -397,6 +417,17 @@ def _check_out(name: str, t: torch.Tensor, shape, dtype, device) -> None:
         raise ValueError(f"{name} must be contiguous")
 
 
+def _check_problems(problems: int | None, block_n: int, block_m: int, batch: int, device):
+    """The problems per program: ``problems`` if given (a power of two), else the heuristic."""
+    if problems is None:
+        return problems_per_program(batch, block_n, block_m, device)
+    if isinstance(problems, bool) or not isinstance(problems, int):
+        raise TypeError(f"problems must be an int or None, got {type(problems).__name__}")
+    if problems < 1 or problems > 1024 or problems & (problems - 1):
+        raise ValueError(f"problems must be a power of two in [1, 1024], got {problems}")
+    return problems
+
+
 def _check_iterations(n_grad: int, n_proj: int, lr: float) -> None:
     if n_grad < 1 or n_proj < 1:
         raise ValueError(f"n_grad and n_proj must be >= 1, got {n_grad}, {n_proj}")
@@ -413,6 +444,10 @@ def matcher_forward(
     sizes: torch.Tensor | None = None,
     save_bits: bool = False,
     out: torch.Tensor | None = None,
+    *,
+    r_bits: torch.Tensor | None = None,
+    a_bits: torch.Tensor | None = None,
+    problems: int | None = None,
 ):
     """Mean of the matcher's iterates for a batch, in one kernel launch.
 
@@ -421,11 +456,18 @@ def matcher_forward(
             (CUDA, or CPU under ``TRITON_INTERPRET=1``), any strides; ``1 <= n <= 64``,
             ``1 <= m <= 1024``.
         n_grad, n_proj, lr: outer steps, Dykstra cycles per outer step, gradient step.
-        sizes: optional contiguous int64 ``(B, 2)`` per-problem ``(n_b, m_b)`` (already
-            validated: ``1 <= n_b <= n``, ``1 <= m_b <= m``); the output is zero outside.
+        sizes: optional contiguous int64 ``(B, 2)`` per-problem ``(n_b, m_b)``; the output is
+            zero outside each ``n_b x m_b`` block. Values are not checked on the host (that
+            needs a sync): the kernel clamps them to ``[0, n] x [0, m]``, so no value makes it
+            read or write outside the problem's own ``n x m`` block and bit-plane rows, and a
+            problem with ``n_b = 0`` or ``m_b = 0`` gives zeros.
         save_bits: also write the relu pattern and active columns of every inner step for
             :func:`matcher_backward` (layout in the module docstring).
         out: optional contiguous ``(B, n, m)`` output of cost's dtype to write into.
+        r_bits, a_bits: optional contiguous int64 bit planes of :func:`bits_shapes` to write
+            into (with ``save_bits``); columns ``>= m_b`` of a problem are left untouched.
+        problems: problems per program, a power of two; overrides
+            :func:`problems_per_program` (for tests of the packed layouts and benchmarks).
 
     Returns:
         ``(out, r_bits, a_bits)``: the ``(B, n, m)`` mean in cost's dtype and the int64 bit
@@ -442,15 +484,21 @@ def matcher_forward(
     _check_out("out", out, (batch, n, m), cost.dtype, cost.device)
     if save_bits:
         r_shape, a_shape = bits_shapes(batch, n, m, n_grad, n_proj)
-        r_bits = torch.empty(r_shape, dtype=torch.int64, device=cost.device)
-        a_bits = torch.empty(a_shape, dtype=torch.int64, device=cost.device)
+        if r_bits is None:
+            r_bits = torch.empty(r_shape, dtype=torch.int64, device=cost.device)
+        if a_bits is None:
+            a_bits = torch.empty(a_shape, dtype=torch.int64, device=cost.device)
+        _check_out("r_bits", r_bits, r_shape, torch.int64, cost.device)
+        _check_out("a_bits", a_bits, a_shape, torch.int64, cost.device)
     else:
+        if r_bits is not None or a_bits is not None:
+            raise ValueError("r_bits and a_bits are only written with save_bits=True")
         r_bits = torch.empty((0,), dtype=torch.int64, device=cost.device)
         a_bits = torch.empty((0,), dtype=torch.int64, device=cost.device)
     if batch == 0:
         return out, r_bits, a_bits
 
-    problems = problems_per_program(batch, block_n, block_m, cost.device)
+    problems = _check_problems(problems, block_n, block_m, batch, cost.device)
     grid = lambda META: (triton.cdiv(batch, META["PROBLEMS"]),)
     _dmm_fwd_kernel[grid](
         cost,
@@ -486,6 +534,8 @@ def matcher_backward(
     sizes: torch.Tensor | None = None,
     grad_cost: torch.Tensor | None = None,
     grad_x_init: torch.Tensor | None = None,
+    *,
+    problems: int | None = None,
 ):
     """Gradients of the matcher's output with respect to ``cost`` and ``x_init``, one launch.
 
@@ -495,6 +545,8 @@ def matcher_backward(
             for the same ``(B, n, m)``, ``n_grad``, ``n_proj`` and ``sizes``.
         n_grad, n_proj, lr, sizes: as given to the forward.
         grad_cost, grad_x_init: optional contiguous outputs of grad_out's shape and dtype.
+        problems: problems per program (a power of two), as for :func:`matcher_forward`;
+            need not be the forward's (the bit layout does not depend on it).
 
     Returns:
         ``(grad_cost, grad_x_init)``, ``(B, n, m)`` in grad_out's dtype, zero outside each
@@ -518,7 +570,7 @@ def matcher_backward(
     if batch == 0:
         return grad_cost, grad_x_init
 
-    problems = problems_per_program(batch, block_n, block_m, dev)
+    problems = _check_problems(problems, block_n, block_m, batch, dev)
     grid = lambda META: (triton.cdiv(batch, META["PROBLEMS"]),)
     _dmm_bwd_kernel[grid](
         grad_out,
@@ -610,14 +662,56 @@ def _compile_elsewhere(function: str, kwargs: dict) -> AotKernel:
     return AotKernel(**{**fields, "args": tuple(fields["args"])})
 
 
-def _compile(kernel, signature, constexprs, arch: int, num_warps: int) -> AotKernel:
+def _int_arg(value: int | None) -> tuple[str, bool]:
+    """How Triton's JIT passes an integer argument of this value: ``("constexpr", _)`` for 1,
+    else its type and whether it carries the divisibility-by-16 hint. ``None``: a runtime i32
+    with no hint (the value is not known when compiling)."""
+    if value is None:
+        return "i32", False
+    if value == 1:
+        return "constexpr", False
+    return ("i32" if -(2**31) <= value < 2**31 else "i64"), value % 16 == 0
+
+
+def _shape_args(prefix: str, batch: int | None, n: int | None, m: int | None) -> dict:
+    """``{name: value}`` of a contiguous ``(B, n, m)`` tensor's strides; unknown ones None."""
+    return {
+        f"{prefix}b": n * m if n is not None and m is not None else None,
+        f"{prefix}n": m,
+        f"{prefix}m": 1,
+    }
+
+
+def _compile(
+    kernel, pointers: dict, ints: dict, constexprs: dict, arch: int, num_warps: int
+) -> AotKernel:
+    """Compile ``kernel`` with the specialisation Triton's JIT gives contiguous tensors.
+
+    pointers: ``{name: type}`` (16-byte aligned: divisibility hint 16, as the JIT gives torch
+    allocations); ints: ``{name: value or None}``, passed as :func:`_int_arg` says; the other
+    arguments (fp32 scalars) are named in ``pointers`` too with their type.
+    """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
     jit_fn = JITFunction(_python_fn(kernel))
-    signature = {name: signature.get(name, "constexpr") for name in jit_fn.arg_names}
-    src = ASTSource(fn=jit_fn, signature=signature, constexprs=constexprs)
+    signature, attrs, constants = {}, {}, dict(constexprs)
+    for index, name in enumerate(jit_fn.arg_names):
+        if name in pointers:
+            signature[name] = pointers[name]
+            if pointers[name].startswith("*"):
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        elif name in ints:
+            kind, divisible = _int_arg(ints[name])
+            signature[name] = kind
+            if kind == "constexpr":
+                constants[name] = ints[name]
+            elif divisible:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "constexpr"
+    src = ASTSource(fn=jit_fn, signature=signature, constexprs=constants, attrs=attrs)
     compiled = triton.compile(
         src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps}
     )
@@ -635,7 +729,9 @@ def _compile(kernel, signature, constexprs, arch: int, num_warps: int) -> AotKer
     )
 
 
-def _check_aot(arch: int, block_n: int, block_m: int, dtype: str, problems: int) -> None:
+def _check_aot(
+    arch: int, block_n: int, block_m: int, dtype: str, problems: int, shape: tuple
+) -> None:
     if arch not in (80, 86, 87, 89, 90):
         raise ValueError(f"arch must be one of 80, 86, 87, 89, 90 (sm_XY), got {arch}")
     if dtype not in _TRITON_DTYPES:
@@ -647,6 +743,24 @@ def _check_aot(arch: int, block_n: int, block_m: int, dtype: str, problems: int)
     ):
         if v < 1 or v > hi or v & (v - 1):
             raise ValueError(f"{name} must be a power of two in [1, {hi}], got {v}")
+    batch, n, m = shape
+    for name, v, lo, hi in (
+        ("batch", batch, 0, 2**31 - 1),
+        ("n", n, 1, block_n),
+        ("m", m, 1, block_m),
+    ):
+        if v is not None and not lo <= v <= hi:
+            raise ValueError(f"{name} must be None or in [{lo}, {hi}], got {v}")
+
+
+_SPECIALISATION_DOC = """
+    Specialisation: the kernel is compiled as Triton's JIT compiles it for contiguous
+    ``(B, n, m)`` tensors, so that what ships is what the tests ran: every pointer 16-byte
+    aligned (divisibility hint), the last stride 1 (a constant, not an argument); ``batch``,
+    ``n``, ``m``, when given, are specialised as the JIT specialises those values (1 becomes a
+    constant, multiples of 16 carry the divisibility hint), and the strides derived from them
+    too; when None they are runtime i32 arguments without hints (one kernel for every value).
+"""
 
 
 def compile_forward(
@@ -659,6 +773,9 @@ def compile_forward(
     has_sizes: bool = False,
     save_bits: bool = False,
     dtype: str = "fp32",
+    batch: int | None = None,
+    n: int | None = None,
+    m: int | None = None,
 ) -> AotKernel:
     """The forward kernel compiled for ``sm_<arch>`` ahead of time, without a GPU.
 
@@ -671,19 +788,20 @@ def compile_forward(
         has_sizes: the ``sizes`` pointer is read (padded batches); else it may be null.
         save_bits: also write the bit planes for the backward; else those pointers may be null.
         dtype: "fp32", "fp16" or "bf16", the element type of cost, x_init and out.
-
+        batch, n, m: optional exact shape to specialise for (see below).
+    {spec}
     In a process that imported triton under ``TRITON_INTERPRET=1`` (whose own ``tl.sum`` &
     co. are then interpreter functions) the compilation runs in a fresh Python process.
     """
-    _check_aot(arch, block_n, block_m, dtype, problems)
+    _check_aot(arch, block_n, block_m, dtype, problems, (batch, n, m))
     kwargs = dict(problems=problems, num_warps=num_warps, has_sizes=has_sizes)
-    kwargs.update(save_bits=save_bits, dtype=dtype)
+    kwargs.update(save_bits=save_bits, dtype=dtype, batch=batch, n=n, m=m)
     if _language_is_interpreted():
         return _compile_elsewhere(
             "compile_forward", dict(arch=arch, block_n=block_n, block_m=block_m, **kwargs)
         )
     ptr = _TRITON_DTYPES[dtype]
-    signature = {
+    pointers = {
         "cost_ptr": ptr,
         "x_init_ptr": ptr,
         "sizes_ptr": "*i64",
@@ -692,9 +810,9 @@ def compile_forward(
         "a_bits_ptr": "*i64",
         "lr": "fp32",
     }
-    ints = ["B", "n", "m", "n_grad", "n_proj"]
-    ints += [f"stride_{t}{d}" for t in "cx" for d in "bnm"]
-    signature.update(dict.fromkeys(ints, "i32"))
+    ints = {"B": batch, "n": n, "m": m, "n_grad": None, "n_proj": None}
+    ints.update(_shape_args("stride_c", batch, n, m))
+    ints.update(_shape_args("stride_x", batch, n, m))
     constexprs = {
         "HAS_SIZES": has_sizes,
         "SAVE_BITS": save_bits,
@@ -702,7 +820,7 @@ def compile_forward(
         "BLOCK_N": block_n,
         "BLOCK_M": block_m,
     }
-    return _compile(_dmm_fwd_kernel, signature, constexprs, arch, num_warps)
+    return _compile(_dmm_fwd_kernel, pointers, ints, constexprs, arch, num_warps)
 
 
 def compile_backward(
@@ -714,20 +832,24 @@ def compile_backward(
     num_warps: int = 4,
     has_sizes: bool = False,
     dtype: str = "fp32",
+    batch: int | None = None,
+    n: int | None = None,
+    m: int | None = None,
 ) -> AotKernel:
     """The backward kernel compiled for ``sm_<arch>`` ahead of time, without a GPU.
 
     Arguments as :func:`compile_forward`; ``dtype`` is that of grad_out and both gradients.
     Its bit planes must come from a forward with the same ``block_n`` (the layout depends on it).
-    """
-    _check_aot(arch, block_n, block_m, dtype, problems)
+    {spec}"""
+    _check_aot(arch, block_n, block_m, dtype, problems, (batch, n, m))
     kwargs = dict(problems=problems, num_warps=num_warps, has_sizes=has_sizes, dtype=dtype)
+    kwargs.update(batch=batch, n=n, m=m)
     if _language_is_interpreted():
         return _compile_elsewhere(
             "compile_backward", dict(arch=arch, block_n=block_n, block_m=block_m, **kwargs)
         )
     ptr = _TRITON_DTYPES[dtype]
-    signature = {
+    pointers = {
         "grad_out_ptr": ptr,
         "sizes_ptr": "*i64",
         "r_bits_ptr": "*i64",
@@ -736,15 +858,19 @@ def compile_backward(
         "grad_x_ptr": ptr,
         "lr": "fp32",
     }
-    ints = ["B", "n", "m", "n_grad", "n_proj", "stride_gb", "stride_gn", "stride_gm"]
-    signature.update(dict.fromkeys(ints, "i32"))
+    ints = {"B": batch, "n": n, "m": m, "n_grad": None, "n_proj": None}
+    ints.update(_shape_args("stride_g", batch, n, m))
     constexprs = {
         "HAS_SIZES": has_sizes,
         "PROBLEMS": problems,
         "BLOCK_N": block_n,
         "BLOCK_M": block_m,
     }
-    return _compile(_dmm_bwd_kernel, signature, constexprs, arch, num_warps)
+    return _compile(_dmm_bwd_kernel, pointers, ints, constexprs, arch, num_warps)
+
+
+compile_forward.__doc__ = compile_forward.__doc__.replace("{spec}", _SPECIALISATION_DOC)
+compile_backward.__doc__ = compile_backward.__doc__.replace("{spec}", _SPECIALISATION_DOC)
 
 
 def compile_forward_ptx(arch: int, block_n: int, block_m: int, **kwargs) -> str:

@@ -502,3 +502,230 @@ def test_aot_compile_rejects_bad_arguments():
         km.compile_forward(80, 8, 64, problems=3)
     with pytest.raises(ValueError, match="dtype must be"):
         km.compile_backward_ptx(80, 8, 64, dtype="fp64")
+
+
+# ------------------------------------------------------------------------------------------
+# hardening: non-finite inputs, untrusted sizes, guard regions, forced packing, half precision
+
+SENTINEL = 0x5A5A_5A5A_5A5A_5A5A  # poison of the int64 bit planes
+
+
+def _guarded(shape, dtype, fill, guard=37):
+    """A contiguous tensor of ``shape`` inside a flat buffer with ``guard`` poisoned elements
+    on each side; returns ``(tensor, guards)`` where ``guards()`` gives the two guard zones."""
+    numel = math.prod(shape)
+    buf = torch.full((numel + 2 * guard,), fill, dtype=dtype, device=DEVICE)
+    view = buf[guard : guard + numel].view(shape)
+    return view, lambda: torch.cat([buf[:guard], buf[guard + numel :]])
+
+
+def _same_nonfinite(actual, expected, name):
+    for what, fn in (("NaN", torch.isnan), ("+Inf", torch.isposinf), ("-Inf", torch.isneginf)):
+        assert torch.equal(fn(actual), fn(expected)), f"{name}: {what} positions differ"
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_nan_and_inf_propagate_as_in_the_reference():
+    """NaN/Inf inside a problem reach its outputs exactly where the reference's do (one
+    inner step spreads them over the whole problem), never a neighbour in the same program;
+    NaN/Inf in the padding are ignored. The backward equals autograd through the reference,
+    whose relu gradient passes through NaN."""
+    b, n, m = 6, 3, 5
+    cost, x_init, grad_out = _problem(b, n, m, seed=19, dtype=torch.float32)
+    sizes = torch.tensor([[3, 5], [3, 5], [2, 4], [3, 5], [3, 5], [3, 5]])
+    cost[0, 1, 2] = NAN  # NaN in the valid region
+    cost[2, 2, :] = NAN  # NaN and Inf only in the padding of problem 2
+    cost[2, :, 4] = math.inf
+    x_init[2, 2, 0] = NAN
+    cost[3, 0, 0] = math.inf
+    cost[4, 2, 4] = -math.inf
+    x_init[5, 1, 1] = math.inf  # problem 1 stays clean between poisoned neighbours
+    rows, cols = (t.to(DEVICE) for t in _valid(sizes, n, m))
+    valid = (rows & cols).expand(b, n, m)
+    for n_grad, n_proj in ((1, 1), (2, 2)):
+        c = cost.clone().requires_grad_()
+        x = x_init.clone().requires_grad_()
+        ref = match_reference(c, x, n_grad, n_proj, 0.1, sizes)
+        ref_grads = torch.autograd.grad(ref, (c, x), grad_out)
+        actual = _kernels_with_grads(cost, x_init, grad_out, n_grad, n_proj, 0.1, sizes)
+        for name, a, e in zip(
+            ("out", "grad_cost", "grad_x"), actual, (ref, *ref_grads), strict=True
+        ):
+            a, e = a.detach().cpu(), e.detach()
+            _same_nonfinite(a[valid], e[valid], f"{n_grad}x{n_proj} {name}")
+            finite = valid & torch.isfinite(e)
+            assert torch.allclose(a[finite], e[finite], rtol=1e-5, atol=1e-6), name
+            assert (a[~valid] == 0).all(), f"{name}: padding not zero"
+        assert torch.isfinite(actual[0][1]).all() and torch.isfinite(actual[0][2][:2, :4]).all()
+
+
+def _valid(sizes, n, m):
+    rows = torch.arange(n)[None, :, None] < sizes[:, 0, None, None]
+    cols = torch.arange(m)[None, None, :] < sizes[:, 1, None, None]
+    return rows, cols
+
+
+@pytest.mark.parametrize("problems", [1, 4])
+def test_untrusted_sizes_stay_inside_their_problem(problems):
+    """Whatever ``sizes`` holds, the kernels clamp it to [0, n] x [0, m]: inputs are views
+    into NaN-poisoned buffers (a read outside the batch would show as NaN), outputs and bit
+    planes live between poisoned guard zones, bit-plane columns past a problem's clamped
+    ``m_b`` keep their poison, and an empty problem (n_b = 0 or m_b = 0) gives zeros."""
+    b, n, m, n_grad, n_proj, lr = 7, 3, 6, 3, 2, 0.1
+    sizes = torch.tensor([[3, 6], [9, 40], [-2, 3], [0, 6], [2, 0], [2, 2**40], [1, 1]])
+    clamped = torch.stack([sizes[:, 0].clamp(0, n), sizes[:, 1].clamp(0, m)], dim=1)
+    cost, x_init, grad_out = _problem(b, n, m, seed=20, dtype=torch.float32)
+
+    def inside_poison(t):
+        view, _ = _guarded(t.shape, t.dtype, NAN, guard=n * m)
+        return view.copy_(t)
+
+    c_dev, x_dev, g_dev = (inside_poison(t.to(DEVICE)) for t in (cost, x_init, grad_out))
+    out, out_guards = _guarded((b, n, m), torch.float32, NAN)
+    r_shape, a_shape = km.bits_shapes(b, n, m, n_grad, n_proj)
+    r_bits, r_guards = _guarded(r_shape, torch.int64, SENTINEL)
+    a_bits, a_guards = _guarded(a_shape, torch.int64, SENTINEL)
+    km.matcher_forward(
+        c_dev, x_dev, n_grad, n_proj, lr, sizes.to(DEVICE), save_bits=True, out=out,
+        r_bits=r_bits, a_bits=a_bits, problems=problems,
+    )  # fmt: skip
+    grad_cost, gc_guards = _guarded((b, n, m), torch.float32, NAN)
+    grad_x, gx_guards = _guarded((b, n, m), torch.float32, NAN)
+    km.matcher_backward(
+        g_dev, r_bits, a_bits, n_grad, n_proj, lr, sizes.to(DEVICE), grad_cost, grad_x,
+        problems=problems,
+    )  # fmt: skip
+    for name, guards in (("out", out_guards), ("grad_cost", gc_guards), ("grad_x", gx_guards)):
+        assert torch.isnan(guards()).all(), f"{name}: a guard element was written"
+    for name, guards in (("r_bits", r_guards), ("a_bits", a_guards)):
+        assert (guards() == SENTINEL).all(), f"{name}: a guard word was written"
+    for i, m_b in enumerate(clamped[:, 1].tolist()):
+        for name, bits in (("r_bits", r_bits), ("a_bits", a_bits)):
+            assert (bits[i, :, m_b:].cpu() == SENTINEL).all(), f"{name}: problem {i} wrote past m_b"
+            assert (bits[i, :, :m_b].cpu() != SENTINEL).all(), f"{name}: problem {i} left a word"
+
+    nonempty = (clamped > 0).all(dim=1)
+    expected = _reference_with_grads(
+        cost[nonempty], x_init[nonempty], grad_out[nonempty], n_grad, n_proj, lr,
+        clamped[nonempty],
+    )  # fmt: skip
+    for name, a, e in zip(
+        ("out", "grad_cost", "grad_x"), (out, grad_cost, grad_x), expected, strict=True
+    ):
+        a = a.cpu()
+        assert (a[~nonempty] == 0).all(), f"{name}: an empty problem is not zero"
+        _assert_close(a[nonempty], e, 1e-4, f"clamped sizes {name}")
+
+
+@pytest.mark.parametrize("fwd_problems", [1, 2, 4, 8])
+def test_forced_packing_gives_the_same_results(fwd_problems):
+    """Every packed layout (1, 2, 4, 8 problems a program, the last program part-empty; the
+    backward packed differently from the forward) against the float64 reference."""
+    b, n, m, n_grad, n_proj, lr = 5, 3, 6, 3, 2, 0.1
+    cost, x_init, grad_out = _problem(b, n, m, seed=21)
+    sizes = torch.tensor([[3, 6], [2, 5], [3, 1], [1, 6], [3, 4]])
+    expected = _reference_with_grads(cost, x_init, grad_out, n_grad, n_proj, lr, sizes)
+    c, x, g = (t.float().to(DEVICE) for t in (cost, x_init, grad_out))
+    out, r_bits, a_bits = km.matcher_forward(
+        c, x, n_grad, n_proj, lr, sizes.to(DEVICE), save_bits=True, problems=fwd_problems
+    )
+    bwd_problems = 8 // fwd_problems
+    grads = km.matcher_backward(
+        g, r_bits, a_bits, n_grad, n_proj, lr, sizes.to(DEVICE), problems=bwd_problems
+    )
+    for name, a, e, rtol in zip(
+        ("out", "grad_cost", "grad_x"), (out, *grads), expected, (1e-5, 1e-4, 1e-4), strict=True
+    ):
+        _assert_close(a, e, rtol, f"{fwd_problems}/{bwd_problems} problems a program: {name}")
+    with pytest.raises(ValueError, match="problems must be a power of two"):
+        km.matcher_forward(c, x, n_grad, n_proj, lr, problems=3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_8x128_paper_setting(dtype):
+    """fp16/bf16 storage at 8 x 128 with the video setting (40 x 5, lr 0.1), against the
+    reference on the same rounded inputs (both compute in fp32) and against float64."""
+    cost, x_init, grad_out = _problem(2, 8, 128, seed=22)
+    cost, x_init, grad_out = cost.to(dtype), x_init.to(dtype), grad_out.to(dtype)
+    actual = _kernels_with_grads(cost, x_init, grad_out, 40, 5, 0.1)
+    assert all(t.dtype == dtype for t in actual)
+    same_inputs = _reference_with_grads(cost, x_init, grad_out, 40, 5, 0.1)
+    for name, a, e in zip(("out", "grad_cost", "grad_x"), actual, same_inputs, strict=True):
+        _assert_close(a, e, 1e-2 if dtype == torch.bfloat16 else 1e-3, f"{dtype} {name}")
+    float64 = _reference_with_grads(cost.double(), x_init.double(), grad_out.double(), 40, 5, 0.1)
+    fwd_rtol, bwd_rtol = TOLERANCES[dtype]
+    for name, a, e, rtol in zip(
+        ("out", "grad_cost", "grad_x"), actual, float64, (fwd_rtol, bwd_rtol, bwd_rtol), strict=True
+    ):
+        _assert_close(a, e, rtol, f"{dtype} vs float64 {name}")
+
+
+# What Triton's JIT compiles for a launch of matcher_forward / matcher_backward on contiguous
+# tensors of the given shape, reproduced without a GPU from the JIT's own argument binder, next
+# to what the ahead-of-time path compiles; printed as JSON. Runs in a fresh process (no
+# interpreter).
+_JIT_VS_AOT = """
+import json, sys
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
+import kernels.matcher as km
+
+arch, b, n, m, problems, warps = json.loads(sys.argv[1])
+block_n, block_m = km.block_sizes(n, m)
+backend = make_backend(GPUTarget("cuda", arch, 32))
+
+
+def jit_ptx(kernel, args, constexprs):
+    fn = JITFunction(km._python_fn(kernel), do_not_specialize=["n_grad", "n_proj", "lr"])
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = dict(constexprs, num_warps=warps)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, consts, attrs = fn._pack_args(
+        backend, kwargs, bound, specialization, options
+    )
+    src = ASTSource(fn, signature, consts, attrs)
+    return triton.compile(src, target=backend.target, options=options.__dict__).asm["ptx"]
+
+
+cost = torch.zeros(b, n, m)
+sizes = torch.ones(b, 2, dtype=torch.int64)
+r_bits, a_bits = (torch.zeros(s, dtype=torch.int64) for s in km.bits_shapes(b, n, m, 40, 5))
+fwd_args = (cost, cost, sizes, cost, r_bits, a_bits, b, n, m, 40, 5, 0.1)
+fwd_args += (*cost.stride(), *cost.stride())
+consts = dict(HAS_SIZES=True, PROBLEMS=problems, BLOCK_N=block_n, BLOCK_M=block_m)
+fwd = jit_ptx(km._dmm_fwd_kernel, fwd_args, dict(consts, SAVE_BITS=True))
+bwd_args = (cost, sizes, r_bits, a_bits, cost, cost, b, n, m, 40, 5, 0.1, *cost.stride())
+bwd = jit_ptx(km._dmm_bwd_kernel, bwd_args, consts)
+aot = dict(problems=problems, num_warps=warps, has_sizes=True, n=n, m=m)
+out = {
+    "jit_fwd": fwd,
+    "aot_fwd": km.compile_forward(arch, block_n, block_m, save_bits=True, **aot).ptx,
+    "jit_bwd": bwd,
+    "aot_bwd": km.compile_backward(arch, block_n, block_m, **aot).ptx,
+}
+sys.stdout.write(json.dumps(out))
+"""
+
+
+def test_ahead_of_time_kernels_are_the_jit_kernels(repo_root):
+    """The AOT path compiles the kernel the JIT compiles for the same launch (same
+    specialisation: aligned pointers, unit last stride as a constant, divisibility hints):
+    identical PTX, forward with bits and backward, at a shape whose m and strides are
+    multiples of 16 and a batch that is not."""
+    import json
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    params = json.dumps([90, 13, 5, 48, 4, 4])
+    proc = subprocess.run(
+        [sys.executable, "-c", _JIT_VS_AOT, params],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ptx = json.loads(proc.stdout)
+    for kind in ("fwd", "bwd"):
+        jit, aot = ptx[f"jit_{kind}"], ptx[f"aot_{kind}"]
+        assert ".entry _dmm_" in jit
+        assert jit == aot, f"{kind}: AOT PTX differs from the JIT's"

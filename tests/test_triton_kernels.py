@@ -194,17 +194,26 @@ def test_padded_batch_with_mixed_sizes():
             _assert_close(a_pad[i : i + 1, :nb, :mb], a_alone, 1e-6, f"padded problem {i}")
 
 
+# (B, n, m, n_grad, n_proj): a tiny case, and 8 x 128 in the video setting (40 x 5)
+HALF_CASES = {"3x5x12_5x3": (3, 5, 12, 5, 3), "2x8x128_40x5": (2, 8, 128, 40, 5)}
+
+
+@pytest.mark.parametrize("case", list(HALF_CASES), ids=list(HALF_CASES))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_half_precision_inputs(dtype):
-    cost, x_init, grad_out = _problem(3, 5, 12, seed=6)
+def test_half_precision_inputs(dtype, case):
+    """fp16/bf16 storage against the reference on the same rounded inputs (both compute in
+    fp32) and against float64."""
+    b, n, m, n_grad, n_proj = HALF_CASES[case]
+    cost, x_init, grad_out = _problem(b, n, m, seed=6 + n)
     cost, x_init, grad_out = cost.to(dtype), x_init.to(dtype), grad_out.to(dtype)
-    actual = _kernels_with_grads(cost, x_init, grad_out, 5, 3, 0.1)
+    actual = _kernels_with_grads(cost, x_init, grad_out, n_grad, n_proj, 0.1)
     assert all(t.dtype == dtype for t in actual)
-    # the reference on the same half-precision inputs also computes in fp32
-    same_inputs = _reference_with_grads(cost, x_init, grad_out, 5, 3, 0.1)
+    same_inputs = _reference_with_grads(cost, x_init, grad_out, n_grad, n_proj, 0.1)
     for name, a, e in zip(("out", "grad_cost", "grad_x"), actual, same_inputs, strict=True):
         _assert_close(a, e, 1e-2 if dtype == torch.bfloat16 else 1e-3, f"{dtype} {name}")
-    float64 = _reference_with_grads(cost.double(), x_init.double(), grad_out.double(), 5, 3, 0.1)
+    float64 = _reference_with_grads(
+        cost.double(), x_init.double(), grad_out.double(), n_grad, n_proj, 0.1
+    )
     fwd_rtol, bwd_rtol = TOLERANCES[dtype]
     for name, a, e, rtol in zip(
         ("out", "grad_cost", "grad_x"), actual, float64, (fwd_rtol, bwd_rtol, bwd_rtol), strict=True
@@ -639,25 +648,6 @@ def test_forced_packing_gives_the_same_results(fwd_problems):
         _assert_close(a, e, rtol, f"{fwd_problems}/{bwd_problems} problems a program: {name}")
     with pytest.raises(ValueError, match="problems must be a power of two"):
         km.matcher_forward(c, x, n_grad, n_proj, lr, problems=3)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_half_precision_8x128_paper_setting(dtype):
-    """fp16/bf16 storage at 8 x 128 with the video setting (40 x 5, lr 0.1), against the
-    reference on the same rounded inputs (both compute in fp32) and against float64."""
-    cost, x_init, grad_out = _problem(2, 8, 128, seed=22)
-    cost, x_init, grad_out = cost.to(dtype), x_init.to(dtype), grad_out.to(dtype)
-    actual = _kernels_with_grads(cost, x_init, grad_out, 40, 5, 0.1)
-    assert all(t.dtype == dtype for t in actual)
-    same_inputs = _reference_with_grads(cost, x_init, grad_out, 40, 5, 0.1)
-    for name, a, e in zip(("out", "grad_cost", "grad_x"), actual, same_inputs, strict=True):
-        _assert_close(a, e, 1e-2 if dtype == torch.bfloat16 else 1e-3, f"{dtype} {name}")
-    float64 = _reference_with_grads(cost.double(), x_init.double(), grad_out.double(), 40, 5, 0.1)
-    fwd_rtol, bwd_rtol = TOLERANCES[dtype]
-    for name, a, e, rtol in zip(
-        ("out", "grad_cost", "grad_x"), actual, float64, (fwd_rtol, bwd_rtol, bwd_rtol), strict=True
-    ):
-        _assert_close(a, e, rtol, f"{dtype} vs float64 {name}")
 
 
 # What Triton's JIT compiles for a launch of matcher_forward / matcher_backward on contiguous

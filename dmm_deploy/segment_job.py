@@ -658,7 +658,10 @@ def build_segmenter(opts: SegmentOptions, timings: dict[str, float] | None = Non
             from dmm_deploy.runtime.jobs import build_segmenter as build_runtime
         except ImportError as e:
             raise ValueError(f"--bundle needs the runtime (dmm_deploy.runtime): {e}") from e
-        seg = build_runtime(opts)
+        try:
+            seg = build_runtime(opts)
+        except (RuntimeError, ImportError) as e:  # no provider / backend library: one line
+            raise ValueError(f"--bundle {opts.bundle}: {_first_line(e)}") from e
         timings["runtime"] = time.perf_counter() - t
         return seg
     import torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -347,3 +348,86 @@ def test_synthetic_argument_errors():
         make_synthetic_video(height=64.0)
     with pytest.raises(ValueError, match="could not place"):
         make_synthetic_video(height=32, width=32, num_objects=20, late_objects=0, min_visible=0.9)
+
+
+# -- folders: hidden files, duplicate stems, atomic writes, guarded output folders -------------
+
+
+def test_hidden_files_are_ignored_and_duplicate_stems_refused(tmp_path):
+    from dmm_deploy.data import DataFileError
+    from dmm_deploy.data.davis import list_images
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    Image.fromarray(img).save(tmp_path / "00000.jpg")
+    (tmp_path / "._00000.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / ".DS_Store").write_bytes(b"x")
+    assert [p.name for p in list_images(tmp_path)] == ["00000.jpg"]
+    assert len(open_frames(tmp_path)) == 1
+    Image.fromarray(img).save(tmp_path / "00000.png")
+    with pytest.raises(
+        DataFileError, match=r"two images named '00000' \(00000\.jpg and 00000\.png\)"
+    ):
+        open_frames(tmp_path)
+
+
+def test_atomic_output_leaves_the_old_file_on_error(tmp_path):
+    from dmm_deploy.data.davis import atomic_output
+
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["a.txt"]
+    with atomic_output(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["a.txt"]
+
+
+def test_overlay_discarded_leaves_nothing(tmp_path):
+    labels = np.zeros((16, 16), np.uint8)
+    labels[4:9, 4:9] = 1
+    image = np.zeros((16, 16, 3), np.uint8)
+    for name in ("s.png", "v.mp4"):
+        if name.endswith(".mp4"):
+            needs_ffmpeg()
+        ow = OverlayWriter(tmp_path / name)
+        ow.add(image, labels)
+        assert ow.close(write=False) is None
+    assert os.listdir(tmp_path) == []
+
+
+def test_streams_and_devices_are_live_sources(tmp_path):
+    from dmm_deploy.data.frames import is_stream
+
+    assert is_stream("rtsp://host:554/cam") and is_stream("http://x/y.mp4")
+    assert not is_stream(tmp_path) and not is_stream(tmp_path / "clip.mp4")
+    if Path("/dev/null").exists():
+        assert is_stream("/dev/null")  # a character device, as /dev/video0
+
+
+def test_result_folder_rules(tmp_path):
+    from dmm_deploy.data.output import PARTIAL_MARKER, ResultFolder, read_partial
+
+    out = tmp_path / "out"
+    first = ResultFolder(out, {"a": 1})
+    first.open(total=3)
+    assert read_partial(out)["status"] == "running"
+    with pytest.raises(ValueError, match="being written by another run"):
+        ResultFolder(out, {"a": 1}, overwrite=True).open()
+    first.write_mask("00000", np.ones((4, 4), np.uint8))
+    first.mark_partial("interrupted after 1 of 3 frames")
+    first.release()
+    with pytest.raises(ValueError, match=r"is not empty \(unfinished run, 1 of 3 frames written"):
+        ResultFolder(out, {"a": 1}).check()
+    with pytest.raises(ValueError, match=r"other settings \(a: 1, now 2\)"):
+        ResultFolder(out, {"a": 2}, resume=True).check()
+    again = ResultFolder(out, {"a": 1}, resume=True)
+    again.open(total=3)
+    assert again.existing == {"00000"}
+    again.finish()
+    assert sorted(os.listdir(out)) == ["00000.png"] and not (out / PARTIAL_MARKER).exists()
+    fresh = ResultFolder(tmp_path / "new", {})
+    fresh.open()
+    fresh.release(discard_if_empty=True)  # setup failed before any frame: no trace left
+    assert not (tmp_path / "new").exists()

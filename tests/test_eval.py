@@ -435,3 +435,45 @@ def test_sample_annotation_scores_itself_perfectly():
     assert res.sequences == ["bike"]
     assert [o.object_id for o in res.objects] == [1, 2]
     assert res.global_stats()["J&F-Mean"] == 1.0
+
+
+def test_unknown_ids_extra_frames_and_sequences_warn_or_refuse(davis_dirs, capsys):
+    from dmm_deploy.data.output import PARTIAL_MARKER
+    from dmm_deploy.eval import unknown_ids
+
+    root, gt, pred = davis_dirs
+    assert unknown_ids(gt, np.where(gt == 2, 7, gt)) == [7]
+    assert unknown_ids(np.where(gt == 1, 255, gt), gt) == [1]  # 255 in gt is void, not an id
+    odd = pred.copy()
+    odd[2, 0, 0] = 9
+    write_mask(root / "pred" / "seqA" / "00002.png", odd[2])
+    write_mask(root / "pred" / "seqA" / "00099.png", odd[2])  # a frame the gt does not have
+    write_label_dir(root / "pred" / "seqZ", gt[:3])  # a sequence the gt does not have
+    res = evaluate_dirs(root / "gt", root / "pred")
+    assert len(res.warnings) == 3
+    assert "1 predicted sequence(s) not in the ground truth, not scored: seqZ" in res.warnings[0]
+    assert (
+        "'seqA': 1 predicted frame(s) not in the ground truth, not scored: 00099" in res.warnings[1]
+    )
+    assert "'seqA': predicted ids [9] are not ground-truth objects" in res.warnings[2]
+    clean = evaluate_dirs(root / "gt", root / "pred", strict=False).rows()
+    assert res.rows() == clean  # warnings change no score
+    with pytest.raises(DataFileError, match=r"seqZ \(refused by --strict\)"):
+        evaluate_dirs(root / "gt", root / "pred", strict=True)
+    assert main(["eval", "--gt", str(root / "gt"), "--pred", str(root / "pred")]) == 0
+    cap = capsys.readouterr()
+    assert cap.err.count("dmm-deploy eval: warning: ") == 3 and "Global" in cap.out
+    (root / "pred" / "seqB" / PARTIAL_MARKER).write_text('{"frames_written": 2, "total": 4}')
+    res = evaluate_dirs(root / "gt", root / "pred")
+    assert any(
+        "seqB is marked partial: unfinished run, 2 of 4 frames written" in w for w in res.warnings
+    )
+
+
+def test_in_memory_evaluation_reports_extra_sequences_and_unknown_ids():
+    gt = _sequence(4)
+    res = evaluate_sequences({"a": gt}, {"a": np.where(gt == 1, 3, gt), "b": gt})
+    assert res.warnings == (
+        "1 predicted sequence(s) not in the ground truth, not scored: b",
+        "sequence 'a': predicted ids [3] are not ground-truth objects (scored as background)",
+    )

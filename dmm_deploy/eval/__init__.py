@@ -11,6 +11,7 @@ from dmm_deploy.eval.evaluate import (
     ObjectScores,
     evaluate_sequence,
     evaluate_sequences,
+    unknown_ids,
 )
 from dmm_deploy.eval.folders import evaluate_dirs, find_sequences
 from dmm_deploy.eval.metrics import (
@@ -38,4 +39,5 @@ __all__ = [
     "find_sequences",
     "region_similarity",
     "seg2bmap",
+    "unknown_ids",
 ]

@@ -195,7 +195,8 @@ def _configure_verbosity(args: argparse.Namespace) -> int:
             delattr(args, name)
     args.verbosity = verbosity
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(name)s: %(message)s")
+    logging.basicConfig(format="%(name)s: %(message)s")  # other libraries: warnings only
+    logging.getLogger("dmm_deploy").setLevel(level)
     return verbosity
 
 

@@ -411,3 +411,25 @@ def test_frame_image_written_as_png_is_read_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
     with Image.open(tmp_path / "a.png") as im:
         assert im.mode == "P"
+
+
+def test_compat_default_follows_the_checkpoint_and_reaches_the_model(video, oracle_npz):
+    import dataclasses
+
+    from dmm_deploy.model import DMMConfig
+    from dmm_deploy.segment_job import SegmentOptions, build_model
+
+    opts = SegmentOptions(
+        frames=video.root / "frames", out=video.base / "unused", mask=video.base / "m.png",
+        proposals="precomputed", precomputed=oracle_npz, random_weights=True,
+        backbone="resnet18", input_size=(64, 112),
+    )  # fmt: skip
+    assert opts.resolved_compat == "default"
+    assert dataclasses.replace(opts, checkpoint=video.base).resolved_compat == "original"
+    assert dataclasses.replace(opts, checkpoint=video.base, compat="default").resolved_compat == (
+        "default"
+    )
+    if "compat" not in {f.name for f in dataclasses.fields(DMMConfig)}:
+        pytest.skip("this model version has no DMMConfig.compat")
+    assert build_model(opts).cfg.compat == "default"
+    assert build_model(dataclasses.replace(opts, compat="original")).cfg.compat == "original"

@@ -666,13 +666,13 @@ def build_segmenter(opts: SegmentOptions, timings: dict[str, float] | None = Non
         return seg
     import torch
 
-    timings["import torch"] = time.perf_counter() - t
+    from dmm_deploy.model.segmenter import VideoSegmenter
+
+    timings["imports"] = time.perf_counter() - t  # torch, torchvision, the model's modules
     if opts.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    from dmm_deploy.model.segmenter import VideoSegmenter
-
     t = time.perf_counter()
     model = build_model(opts)
     timings["model"] = time.perf_counter() - t

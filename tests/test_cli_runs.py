@@ -433,3 +433,44 @@ def test_compat_default_follows_the_checkpoint_and_reaches_the_model(video, orac
         pytest.skip("this model version has no DMMConfig.compat")
     assert build_model(opts).cfg.compat == "default"
     assert build_model(dataclasses.replace(opts, compat="original")).cfg.compat == "original"
+
+
+def test_killed_run_leaves_a_resumable_folder(video, runtime, tmp_path, capsys):
+    """SIGKILL (no chance to clean up): the kernel drops the lock, the marker stays; a plain
+    rerun is refused and --resume completes the folder exactly."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    script = f"""
+import sys, time, types
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_cli_runs import ShiftSegmenter
+class Slow(ShiftSegmenter):
+    def step(self, frame, new_masks=None):
+        time.sleep(0.3 if self.calls < 2 else 60)
+        return super().step(frame, new_masks)
+m = types.ModuleType("dmm_deploy.runtime.jobs")
+m.build_segmenter = lambda opts: Slow()
+sys.modules["dmm_deploy.runtime.jobs"] = m
+from dmm_deploy.cli import main
+main({bundle_args(video, out)!r})
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while len(pngs(out)) < 2 if out.is_dir() else True:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert read_partial(out)["status"] == "running"
+    code, _, err = run(capsys, bundle_args(video, out))
+    assert code == 2 and "unfinished run, 2 of 6 frames written" in err
+    code, _, err = run(capsys, bundle_args(video, out, "--resume"))
+    assert code == 0, err
+    assert hidden(out) == [] and not (out / PARTIAL_MARKER).exists()
+    full = tmp_path / "full"
+    run(capsys, bundle_args(video, full))
+    np.testing.assert_array_equal(read_label_dir(out)[1], read_label_dir(full)[1])

@@ -43,7 +43,32 @@ Bit layout (per problem; ``K = n_grad * n_proj``, ``SPW = 64 // BLOCK_N`` steps 
 
 * ``r_bits (B, ceil(K / SPW), m)``: bit ``(k % SPW) * BLOCK_N + i`` of word ``[b, k // SPW, j]``
   is ``R[i, j]`` of inner step ``k``;
-* ``a_bits (B, ceil(K / 64), m)``: bit ``k % 64`` of word ``[b, k // 64, j]`` is ``A[j]``.
+* ``a_bits (B, ceil(K / 64), m)``: bit ``k % 64`` of word ``[b, k // 64, j]`` is ``A[j]``
+  (variant ``"original"``: ``m + 1`` columns, column ``m`` holding whether step ``k`` ran).
+
+Variant ``"original"`` (:func:`matcher_forward` with ``variant="original"``; the original
+DMM-Net code's solver, which the released checkpoints were evaluated with): every outer step
+takes the gradient step and adds that iterate (before its projections) to the mean; each cycle
+projects non-negativity, then columns, then rows; a cycle that leaves ``X`` exactly unchanged
+skips the remaining cycles of its outer step, and an outer step whose ``||X * C||`` (after the
+gradient step) equals the previous one's (0 before the first) is the last. Both exits are
+per-problem frozen masks (the loop still runs ``n_grad x n_proj`` times), and the mean divides
+by the iterates actually taken. The row correction leaves the row projection's result unchanged
+and the column correction is constant along columns, so the state is ``X``, ``P0`` (n x m)
+and ``p1`` (m)::
+
+    Z  = X + P0;  Y = relu(Z);  P0' = Z - Y                   non-negativity
+    cs = colsum(Y) + n_b p1;  A = not [cs <= 1]
+    p1' = A (cs - 1) / n_b;   d = p1 - p1'                     columns
+    X' = Y + d - (rowsum(Y) + sum(d) - 1) / m_b                rows, both sums from Y
+
+Its backward replays the same adjoint structure from ``R = not [Z <= 0]``, ``A`` and one more
+bit per inner step (applied or frozen), kept as an extra column ``m`` of ``a_bits``. In float
+arithmetic an exit fires when an update rounds to nothing, so the step at which it fires can
+differ between precisions and summation orders (the original code itself, run in float32 and in
+float64, exits at different steps on 109 of 300 random problems of at most 4 x 9 with costs in
+[-1, 0], greedy start, 40 x 5, lr 0.1); exits at exact fixed points (a feasible start with a
+zero cost, a single proposal) fire at the same step everywhere.
 
 Scratch per problem: ``8 * m * (ceil(K * BLOCK_N / 64) + ceil(K / 64))`` bytes (see
 :func:`bits_bytes_per_problem`), about ``K * m * (BLOCK_N + 1) / 8``: 11.6 kB for 5 x 50 and
@@ -72,6 +97,7 @@ import triton.language as tl
 __all__ = [
     "MAX_M",
     "MAX_N",
+    "VARIANTS",
     "AotKernel",
     "bits_bytes_per_problem",
     "bits_shapes",
@@ -87,6 +113,7 @@ __all__ = [
 
 MAX_N = 64  # one int64 word holds a column of the relu pattern of one step
 MAX_M = 1024
+VARIANTS = ("listing1", "original")
 _ELEMENTS_PER_PROGRAM = 4096  # tiny problems are packed until a program holds this many
 _WARPS = (1, 2, 4, 8, 16)
 
@@ -130,6 +157,50 @@ def _relu(x):
     """``max(x, 0)`` that keeps NaN, as ``torch.relu`` does (``tl.maximum``'s default and PTX's
     ``max.f32`` return the other operand)."""
     return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _pack_bits(
+    r_ptr,  # (P, 1, BM) this problem's relu-pattern word of step k's group, column j
+    a_ptr,  # (P, 1, BM) this problem's active-column word of step k's group, column j
+    r_word,  # (P, 1, BM) int64, the relu-pattern word being filled
+    a_word,  # (P, 1, BM) int64, the active-column word being filled
+    relu_on,  # (P, BN, BM) bool, the relu passes step k's value (not <= 0)
+    active,  # (P, 1, BM) bool, column j's constraint is active at step k
+    k,  # inner step index
+    last,  # k is the last inner step
+    col_ok,  # (P, 1, BM)
+    row_bit,  # (1, BN, 1) int64, 1 << row
+    SPW: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Put step ``k``'s relu pattern (``BLOCK_N`` bits a column, ``SPW`` steps a word) and active
+    columns (one bit a column, 64 steps a word) into the words; store each word when full."""
+    slot = k % SPW
+    col_bits = tl.reduce(tl.where(relu_on, row_bit, 0), 1, _add, keep_dims=True)
+    r_word = tl.where(slot == 0, 0, r_word) | (col_bits << (slot * BLOCK_N))
+    tl.store(r_ptr, r_word, mask=col_ok & ((slot == SPW - 1) | last))
+    a_slot = k % 64
+    a_word = tl.where(a_slot == 0, 0, a_word) | (active.to(tl.int64) << a_slot)
+    tl.store(a_ptr, a_word, mask=col_ok & ((a_slot == 63) | last))
+    return r_word, a_word
+
+
+@triton.jit
+def _unpack_bits(
+    r_ptr,  # (P, 1, BM) the relu-pattern word holding step k, column j
+    a_ptr,  # (P, 1, BM) the active-column word holding step k, column j
+    k,
+    col_ok,  # (P, 1, BM)
+    row_shift,  # (1, BN, 1) int64 row index
+    SPW: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Step ``k``'s relu pattern ``(P, BN, BM)`` and active columns ``(P, 1, BM)``, as bools."""
+    r_word = tl.load(r_ptr, mask=col_ok, other=0)
+    relu_on = ((r_word >> ((k % SPW) * BLOCK_N + row_shift)) & 1) != 0
+    a_word = tl.load(a_ptr, mask=col_ok, other=0)
+    return relu_on, ((a_word >> (k % 64)) & 1) != 0
 
 
 @triton.jit
@@ -240,22 +311,138 @@ def _dmm_fwd_kernel(
             q1 = q1_new
             if SAVE_BITS:
                 k = g * n_proj + j
-                last = k == n_steps - 1
-                # relu pattern of this step: BLOCK_N bits per column, SPW steps per word
-                slot = k % SPW
-                col_bits = tl.reduce(tl.where(x3 <= 0.0, 0, row_bit), 1, _add, keep_dims=True)
-                r_word = tl.where(slot == 0, 0, r_word) | (col_bits << (slot * BLOCK_N))
-                flush = col_ok & ((slot == SPW - 1) | last)
-                tl.store(r_base + (k // SPW) * m, r_word, mask=flush)
-                # active columns: one bit per column, 64 steps per word
-                a_slot = k % 64
-                active = tl.where(q1_new <= 0.0, 0, 1).to(tl.int64)
-                a_word = tl.where(a_slot == 0, 0, a_word) | (active << a_slot)
-                flush = col_ok & ((a_slot == 63) | last)
-                tl.store(a_base + (k // 64) * m, a_word, mask=flush)
+                r_word, a_word = _pack_bits(
+                    r_base + (k // SPW) * m,
+                    a_base + (k // 64) * m,
+                    r_word,
+                    a_word,
+                    ~(x3 <= 0.0),
+                    ~(q1_new <= 0.0),
+                    k,
+                    k == n_steps - 1,
+                    col_ok,
+                    row_bit,
+                    SPW,
+                    BLOCK_N,
+                )
         total += x
 
     out = total / (n_grad + 1).to(tl.float32)
+    out_offs = prob3 * n * m + rows * m + cols
+    tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=in_bounds)
+
+
+@triton.autotune(_warp_configs(), key=[*_SHAPE_KEY, "SAVE_BITS"], prune_configs_by=_PRUNE)
+@triton.jit(do_not_specialize=["n_grad", "n_proj", "lr"])
+def _dmm_fwd_original_kernel(
+    cost_ptr,  # (B, n, m) fp32 / fp16 / bf16
+    x_init_ptr,  # (B, n, m) cost's dtype
+    sizes_ptr,  # (B, 2) int64 (n_b, m_b); unused unless HAS_SIZES
+    out_ptr,  # (B, n, m) cost's dtype, contiguous
+    r_bits_ptr,  # (B, ceil(K / SPW), m) int64, relu pattern; unused unless SAVE_BITS
+    a_bits_ptr,  # (B, ceil(K / 64), m + 1) int64, active columns + applied steps
+    B,
+    n,
+    m,
+    n_grad,
+    n_proj,
+    lr,  # fp32 scalar
+    stride_cb,
+    stride_cn,
+    stride_cm,
+    stride_xb,
+    stride_xn,
+    stride_xm,
+    HAS_SIZES: tl.constexpr,
+    SAVE_BITS: tl.constexpr,
+    PROBLEMS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """The original code's solver (``variant="original"``, see the module docstring)."""
+    SPW: tl.constexpr = 64 // BLOCK_N
+    prob3, rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m = _problem_layout(
+        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M
+    )
+    c = tl.load(
+        cost_ptr + prob3 * stride_cb + rows * stride_cn + cols * stride_cm, mask=valid, other=0.0
+    ).to(tl.float32)
+    x = tl.load(
+        x_init_ptr + prob3 * stride_xb + rows * stride_xn + cols * stride_xm, mask=valid, other=0.0
+    ).to(tl.float32)
+    step = c * lr  # (P, BN, BM)
+    n_f = 1.0 / inv_n  # (P, 1, 1) n_b as fp32 (1 for an empty problem)
+    total = x
+    count = tl.full((PROBLEMS, 1, 1), 1.0, tl.float32)  # iterates in the mean
+    p0 = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)  # non-negativity correction
+    p1 = tl.full((PROBLEMS, 1, BLOCK_M), 0.0, tl.float32)  # column correction (per element)
+    prev_norm = tl.full((PROBLEMS, 1, 1), 0.0, tl.float32)  # ||X * C|| of the last step
+    stopped = tl.full((PROBLEMS, 1, 1), 0, tl.int1)  # an outer step changed nothing
+
+    if SAVE_BITS:
+        n_steps = n_grad * n_proj
+        a_cols = m + 1  # column m of the active-column plane: the applied-step flags
+        r_base = r_bits_ptr + prob3 * (((n_steps + SPW - 1) // SPW) * m) + cols  # (P, 1, BM)
+        a_base = a_bits_ptr + prob3 * (((n_steps + 63) // 64) * a_cols)  # (P, 1, 1)
+        row_bit = tl.full((1, BLOCK_N, 1), 1, tl.int64) << rows.to(tl.int64)  # (1, BN, 1)
+        r_word = tl.full((PROBLEMS, 1, BLOCK_M), 0, tl.int64)
+        a_word = tl.full((PROBLEMS, 1, BLOCK_M), 0, tl.int64)
+        f_word = tl.full((PROBLEMS, 1, 1), 0, tl.int64)
+        exists = prob3 < B  # (P, 1, 1)
+
+    for g in range(n_grad):
+        running = ~stopped
+        x = tl.where(running, x - step, x)  # gradient step
+        xc = x * c
+        norm = tl.sqrt_rn(tl.reduce(tl.reduce(xc * xc, 2, _add, keep_dims=True), 1, _add, True))
+        total += tl.where(running, x, 0.0)  # the mean takes the iterate before projections
+        count += running.to(tl.float32)
+        idle = stopped  # an inner cycle changed nothing: skip the others of this outer step
+        for j in range(n_proj):
+            z = x + p0
+            y = _relu(z)  # non-negativity
+            col_sum = tl.reduce(y, 1, _add, keep_dims=True)  # (P, 1, BM)
+            row_sum = tl.reduce(y, 2, _add, keep_dims=True)  # (P, BN, 1), from the same Y
+            cs = col_sum + p1 * n_f  # column sums of Y + P1
+            active = col_ok & ~(cs <= 1.0)
+            p1_new = tl.where(active, (cs - 1.0) * inv_n, 0.0)  # columns
+            d = p1 - p1_new  # (P, 1, BM)
+            a = tl.where(
+                row_ok, (row_sum + tl.reduce(d, 2, _add, keep_dims=True) - 1.0) * inv_m, 0.0
+            )
+            x_new = tl.where(valid, y + d - a, 0.0)  # rows
+            diff = x_new - x
+            moved = tl.reduce(tl.reduce(diff * diff, 2, _add, keep_dims=True), 1, _add, True)
+            applied = ~idle
+            x = tl.where(applied, x_new, x)
+            p0 = tl.where(applied, z - y, p0)
+            p1 = tl.where(applied, p1_new, p1)
+            idle = idle | (moved == 0.0)
+            if SAVE_BITS:
+                k = g * n_proj + j
+                last = k == n_steps - 1
+                r_word, a_word = _pack_bits(
+                    r_base + (k // SPW) * m,
+                    a_base + (k // 64) * a_cols + cols,
+                    r_word,
+                    a_word,
+                    ~(z <= 0.0),
+                    active,
+                    k,
+                    last,
+                    col_ok,
+                    row_bit,
+                    SPW,
+                    BLOCK_N,
+                )
+                f_slot = k % 64
+                f_word = tl.where(f_slot == 0, 0, f_word) | (applied.to(tl.int64) << f_slot)
+                f_ptr = a_base + (k // 64) * a_cols + m
+                tl.store(f_ptr, f_word, mask=exists & ((f_slot == 63) | last))
+        stopped = stopped | (norm == prev_norm)
+        prev_norm = norm
+
+    out = total / count
     out_offs = prob3 * n * m + rows * m + cols
     tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=in_bounds)
 
@@ -304,10 +491,9 @@ def _dmm_bwd_kernel(
         g_x += g_total
         for ji in range(n_proj):
             k = n_steps - 1 - (gi * n_proj + ji)
-            r_word = tl.load(r_base + (k // SPW) * m, mask=col_ok, other=0)  # (P, 1, BM)
-            relu_on = ((r_word >> ((k % SPW) * BLOCK_N + row_shift)) & 1) != 0  # (P, BN, BM)
-            a_word = tl.load(a_base + (k // 64) * m, mask=col_ok, other=0)
-            active = ((a_word >> (k % 64)) & 1) != 0  # (P, 1, BM)
+            relu_on, active = _unpack_bits(
+                r_base + (k // SPW) * m, a_base + (k // 64) * m, k, col_ok, row_shift, SPW, BLOCK_N
+            )  # (P, BN, BM), (P, 1, BM)
 
             g_x3 = tl.where(valid, tl.where(relu_on, g_x, g_p2), 0.0)
             g_d = tl.reduce(g_x3, 1, _add, keep_dims=True)  # (P, 1, BM)
@@ -324,6 +510,97 @@ def _dmm_bwd_kernel(
     g_cost = tl.where(valid, -lr * g_steps, 0.0)
     tl.store(grad_cost_ptr + out_offs, g_cost.to(dtype), mask=in_bounds)
     g_init = tl.where(valid, g_x + g_total, 0.0)
+    tl.store(grad_x_ptr + out_offs, g_init.to(dtype), mask=in_bounds)
+
+
+@triton.autotune(_warp_configs(), key=_SHAPE_KEY, prune_configs_by=_PRUNE)
+@triton.jit(do_not_specialize=["n_grad", "n_proj", "lr"])
+def _dmm_bwd_original_kernel(
+    grad_out_ptr,  # (B, n, m) cost's dtype
+    sizes_ptr,  # (B, 2) int64 (n_b, m_b); unused unless HAS_SIZES
+    r_bits_ptr,  # (B, ceil(K / SPW), m) int64, written by the forward
+    a_bits_ptr,  # (B, ceil(K / 64), m + 1) int64, written by the forward
+    grad_cost_ptr,  # (B, n, m) cost's dtype, contiguous
+    grad_x_ptr,  # (B, n, m) cost's dtype, contiguous
+    B,
+    n,
+    m,
+    n_grad,
+    n_proj,
+    lr,  # fp32 scalar
+    stride_gb,
+    stride_gn,
+    stride_gm,
+    HAS_SIZES: tl.constexpr,
+    PROBLEMS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """Reverse sweep of :func:`_dmm_fwd_original_kernel` (see the module docstring)."""
+    SPW: tl.constexpr = 64 // BLOCK_N
+    prob3, rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m = _problem_layout(
+        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M
+    )
+    n_f = 1.0 / inv_n
+    n_steps = n_grad * n_proj
+    a_cols = m + 1
+    r_base = r_bits_ptr + prob3 * (((n_steps + SPW - 1) // SPW) * m) + cols  # (P, 1, BM)
+    a_base = a_bits_ptr + prob3 * (((n_steps + 63) // 64) * a_cols)  # (P, 1, 1)
+    exists = prob3 < B
+    row_shift = rows.to(tl.int64)  # (1, BN, 1)
+
+    # iterates in the mean: x_init and every outer step that ran (its first cycle is applied)
+    count = tl.full((PROBLEMS, 1, 1), 1.0, tl.float32)
+    for g in range(n_grad):
+        k = g * n_proj
+        f_word = tl.load(a_base + (k // 64) * a_cols + m, mask=exists, other=0)
+        count += ((f_word >> (k % 64)) & 1).to(tl.float32)
+
+    g_offs = prob3 * stride_gb + rows * stride_gn + cols * stride_gm
+    g_out = tl.load(grad_out_ptr + g_offs, mask=valid, other=0.0).to(tl.float32)
+    g_mean = g_out / count  # adjoint of every iterate in the mean
+    g_x = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)
+    g_p0 = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)
+    g_p1 = tl.full((PROBLEMS, 1, BLOCK_M), 0.0, tl.float32)
+    g_steps = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)  # sum of adjoints of X - lr C
+
+    for gi in range(n_grad):
+        g = n_grad - 1 - gi
+        for ji in range(n_proj):
+            k = g * n_proj + n_proj - 1 - ji
+            relu_on, active = _unpack_bits(
+                r_base + (k // SPW) * m,
+                a_base + (k // 64) * a_cols + cols,
+                k,
+                col_ok,
+                row_shift,
+                SPW,
+                BLOCK_N,
+            )  # (P, BN, BM), (P, 1, BM)
+            f_word = tl.load(a_base + (k // 64) * a_cols + m, mask=exists, other=0)
+            applied = ((f_word >> (k % 64)) & 1) != 0  # (P, 1, 1)
+
+            gg = tl.where(valid, g_x, 0.0)  # adjoint of X' = Y + d - a
+            g_a = -tl.reduce(gg, 2, _add, keep_dims=True)  # (P, BN, 1), adjoint of a
+            g_a = tl.where(row_ok, g_a * inv_m, 0.0)
+            g_d = tl.reduce(gg, 1, _add, keep_dims=True) + tl.reduce(g_a, 1, _add, keep_dims=True)
+            g_d = tl.where(col_ok, g_d, 0.0)  # (P, 1, BM), adjoint of d = p1 - p1'
+            g_cs = tl.where(active, (g_p1 - g_d) * inv_n, 0.0)  # adjoint of the column sums
+            g_y = gg + g_a + g_cs  # adjoint of Y
+            g_z = tl.where(valid, g_p0 + tl.where(relu_on, g_y - g_p0, 0.0), 0.0)
+            g_x = tl.where(applied, g_z, g_x)
+            g_p0 = tl.where(applied, g_z, g_p0)
+            g_p1 = tl.where(applied, g_d + g_cs * n_f, g_p1)
+        f_word = tl.load(a_base + ((g * n_proj) // 64) * a_cols + m, mask=exists, other=0)
+        ran = ((f_word >> ((g * n_proj) % 64)) & 1) != 0  # (P, 1, 1)
+        g_x += tl.where(ran, g_mean, 0.0)
+        g_steps += tl.where(ran, g_x, 0.0)
+
+    out_offs = prob3 * n * m + rows * m + cols
+    dtype = grad_cost_ptr.dtype.element_ty
+    g_cost = tl.where(valid, -lr * g_steps, 0.0)
+    tl.store(grad_cost_ptr + out_offs, g_cost.to(dtype), mask=in_bounds)
+    g_init = tl.where(valid, g_x + g_mean, 0.0)
     tl.store(grad_x_ptr + out_offs, g_init.to(dtype), mask=in_bounds)
 
 
@@ -360,17 +637,30 @@ def problems_per_program(batch: int, block_n: int, block_m: int, device: torch.d
     return 1 << (cap.bit_length() - 1)  # a power of two
 
 
-def bits_shapes(batch: int, n: int, m: int, n_grad: int, n_proj: int):
-    """Shapes of the int64 scratch ``(r_bits, a_bits)`` the forward writes for the backward."""
+def _check_variant(variant: str) -> bool:
+    """True for ``"original"``; ``ValueError`` unless one of :data:`VARIANTS`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return variant == "original"
+
+
+def bits_shapes(batch: int, n: int, m: int, n_grad: int, n_proj: int, variant: str = "listing1"):
+    """Shapes of the int64 scratch ``(r_bits, a_bits)`` the forward writes for the backward.
+
+    ``variant="original"`` adds one column to ``a_bits``: the applied-step flags.
+    """
     block_n, _ = block_sizes(n, m)
     n_steps = n_grad * n_proj
     spw = 64 // block_n
-    return (batch, -(-n_steps // spw), m), (batch, -(-n_steps // 64), m)
+    a_cols = m + _check_variant(variant)
+    return (batch, -(-n_steps // spw), m), (batch, -(-n_steps // 64), a_cols)
 
 
-def bits_bytes_per_problem(n: int, m: int, n_grad: int, n_proj: int) -> int:
+def bits_bytes_per_problem(
+    n: int, m: int, n_grad: int, n_proj: int, variant: str = "listing1"
+) -> int:
     """Bytes of backward scratch per problem (both bit planes), for an ``n x m`` problem."""
-    r_shape, a_shape = bits_shapes(1, n, m, n_grad, n_proj)
+    r_shape, a_shape = bits_shapes(1, n, m, n_grad, n_proj, variant)
     return 8 * (r_shape[1] * r_shape[2] + a_shape[1] * a_shape[2])
 
 
@@ -448,6 +738,7 @@ def matcher_forward(
     r_bits: torch.Tensor | None = None,
     a_bits: torch.Tensor | None = None,
     problems: int | None = None,
+    variant: str = "listing1",
 ):
     """Mean of the matcher's iterates for a batch, in one kernel launch.
 
@@ -468,6 +759,8 @@ def matcher_forward(
             into (with ``save_bits``); columns ``>= m_b`` of a problem are left untouched.
         problems: problems per program, a power of two; overrides
             :func:`problems_per_program` (for tests of the packed layouts and benchmarks).
+        variant: ``"listing1"`` (the specification) or ``"original"`` (the original code's
+            solver; see the module docstring).
 
     Returns:
         ``(out, r_bits, a_bits)``: the ``(B, n, m)`` mean in cost's dtype and the int64 bit
@@ -478,12 +771,13 @@ def matcher_forward(
     batch, n, m = cost.shape
     block_n, block_m = block_sizes(n, m)
     _check_iterations(n_grad, n_proj, lr)
+    original = _check_variant(variant)
     _check_sizes(sizes, batch, cost.device)
     if out is None:
         out = torch.empty((batch, n, m), dtype=cost.dtype, device=cost.device)
     _check_out("out", out, (batch, n, m), cost.dtype, cost.device)
     if save_bits:
-        r_shape, a_shape = bits_shapes(batch, n, m, n_grad, n_proj)
+        r_shape, a_shape = bits_shapes(batch, n, m, n_grad, n_proj, variant)
         if r_bits is None:
             r_bits = torch.empty(r_shape, dtype=torch.int64, device=cost.device)
         if a_bits is None:
@@ -500,7 +794,8 @@ def matcher_forward(
 
     problems = _check_problems(problems, block_n, block_m, batch, cost.device)
     grid = lambda META: (triton.cdiv(batch, META["PROBLEMS"]),)
-    _dmm_fwd_kernel[grid](
+    kernel = _dmm_fwd_original_kernel if original else _dmm_fwd_kernel
+    kernel[grid](
         cost,
         x_init,
         sizes if sizes is not None else out,  # never read without sizes
@@ -536,6 +831,7 @@ def matcher_backward(
     grad_x_init: torch.Tensor | None = None,
     *,
     problems: int | None = None,
+    variant: str = "listing1",
 ):
     """Gradients of the matcher's output with respect to ``cost`` and ``x_init``, one launch.
 
@@ -547,6 +843,7 @@ def matcher_backward(
         grad_cost, grad_x_init: optional contiguous outputs of grad_out's shape and dtype.
         problems: problems per program (a power of two), as for :func:`matcher_forward`;
             need not be the forward's (the bit layout does not depend on it).
+        variant: the forward's variant.
 
     Returns:
         ``(grad_cost, grad_x_init)``, ``(B, n, m)`` in grad_out's dtype, zero outside each
@@ -556,8 +853,9 @@ def matcher_backward(
     batch, n, m = grad_out.shape
     block_n, block_m = block_sizes(n, m)
     _check_iterations(n_grad, n_proj, lr)
+    original = _check_variant(variant)
     _check_sizes(sizes, batch, grad_out.device)
-    r_shape, a_shape = bits_shapes(batch, n, m, n_grad, n_proj)
+    r_shape, a_shape = bits_shapes(batch, n, m, n_grad, n_proj, variant)
     _check_out("r_bits", r_bits, r_shape, torch.int64, grad_out.device)
     _check_out("a_bits", a_bits, a_shape, torch.int64, grad_out.device)
     shape, dtype, dev = (batch, n, m), grad_out.dtype, grad_out.device
@@ -572,7 +870,8 @@ def matcher_backward(
 
     problems = _check_problems(problems, block_n, block_m, batch, dev)
     grid = lambda META: (triton.cdiv(batch, META["PROBLEMS"]),)
-    _dmm_bwd_kernel[grid](
+    kernel = _dmm_bwd_original_kernel if original else _dmm_bwd_kernel
+    kernel[grid](
         grad_out,
         sizes if sizes is not None else grad_cost,  # never read without sizes
         r_bits,

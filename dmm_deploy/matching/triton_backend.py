@@ -2,11 +2,15 @@
 
 Two ``torch.library`` custom operators wrap the fused kernels of :mod:`kernels.matcher`:
 
-* ``dmm_deploy::dmm_match_fwd(cost, x_init, sizes, n_grad, n_proj, lr, save_bits)
+* ``dmm_deploy::dmm_match_fwd(cost, x_init, sizes, n_grad, n_proj, lr, save_bits, variant)
   -> (out, r_bits, a_bits)``: one launch for the batch; with ``save_bits`` it also returns the
   int64 bit planes (relu pattern and active columns of every inner step) the backward needs;
-* ``dmm_deploy::dmm_match_bwd(grad_out, r_bits, a_bits, sizes, n_grad, n_proj, lr)
+* ``dmm_deploy::dmm_match_bwd(grad_out, r_bits, a_bits, sizes, n_grad, n_proj, lr, variant)
   -> (grad_cost, grad_x_init)``: the reverse sweep, one launch.
+
+``variant`` is ``"listing1"`` (the specification, the default) or ``"original"`` (the original
+DMM-Net code's solver: projection order, mean of the pre-projection iterates, early exits as
+per-problem frozen masks; see :mod:`kernels.matcher`).
 
 Both have fake (meta) implementations, so ``torch.compile(fullgraph=True)`` and
 ``torch.export`` trace them without running a kernel or breaking the graph. The backward is
@@ -43,19 +47,22 @@ def dmm_match_fwd(
     n_proj: int,
     lr: float,
     save_bits: bool,
+    variant: str = "listing1",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused forward: ``(mean of the iterates, r_bits, a_bits)``; bits empty unless save_bits."""
-    return _kernels.matcher_forward(cost, x_init, n_grad, n_proj, lr, sizes, save_bits)
+    return _kernels.matcher_forward(
+        cost, x_init, n_grad, n_proj, lr, sizes, save_bits, variant=variant
+    )
 
 
 @dmm_match_fwd.register_fake
-def _(cost, x_init, sizes, n_grad, n_proj, lr, save_bits):
+def _(cost, x_init, sizes, n_grad, n_proj, lr, save_bits, variant="listing1"):
     batch, n, m = cost.shape
     out = cost.new_empty((batch, n, m))
     if not save_bits:
         empty = cost.new_empty((0,), dtype=torch.int64)
         return out, empty, empty.clone()
-    r_shape, a_shape = _kernels.bits_shapes(batch, n, m, n_grad, n_proj)
+    r_shape, a_shape = _kernels.bits_shapes(batch, n, m, n_grad, n_proj, variant)
     return (
         out,
         cost.new_empty(r_shape, dtype=torch.int64),
@@ -72,21 +79,25 @@ def dmm_match_bwd(
     n_grad: int,
     n_proj: int,
     lr: float,
+    variant: str = "listing1",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused backward: ``(grad_cost, grad_x_init)`` from the forward's bit planes."""
-    return _kernels.matcher_backward(grad_out, r_bits, a_bits, n_grad, n_proj, lr, sizes)
+    return _kernels.matcher_backward(
+        grad_out, r_bits, a_bits, n_grad, n_proj, lr, sizes, variant=variant
+    )
 
 
 @dmm_match_bwd.register_fake
-def _(grad_out, r_bits, a_bits, sizes, n_grad, n_proj, lr):
+def _(grad_out, r_bits, a_bits, sizes, n_grad, n_proj, lr, variant="listing1"):
     return grad_out.new_empty(grad_out.shape), grad_out.new_empty(grad_out.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    _, _, sizes, n_grad, n_proj, lr, save_bits = inputs
+    _, _, sizes, n_grad, n_proj, lr, save_bits, variant = inputs
     _, r_bits, a_bits = output
     ctx.save_for_backward(r_bits, a_bits, sizes)
     ctx.n_grad, ctx.n_proj, ctx.lr, ctx.save_bits = n_grad, n_proj, lr, save_bits
+    ctx.variant = variant
 
 
 def _backward(ctx, grad_out, _grad_r_bits, _grad_a_bits):
@@ -97,9 +108,9 @@ def _backward(ctx, grad_out, _grad_r_bits, _grad_a_bits):
         )
     r_bits, a_bits, sizes = ctx.saved_tensors
     grad_cost, grad_x = dmm_match_bwd(
-        grad_out, r_bits, a_bits, sizes, ctx.n_grad, ctx.n_proj, ctx.lr
+        grad_out, r_bits, a_bits, sizes, ctx.n_grad, ctx.n_proj, ctx.lr, ctx.variant
     )
-    return grad_cost, grad_x, None, None, None, None, None
+    return grad_cost, grad_x, None, None, None, None, None, None
 
 
 torch.library.register_autograd(
@@ -119,27 +130,37 @@ def triton_match(
     n_proj: int,
     lr: float,
     sizes: torch.Tensor | None = None,
+    variant: str = "listing1",
 ) -> torch.Tensor:
     """The matcher on the fused kernels; arguments as :func:`match_reference`, validated.
 
     cost, x_init: ``(B, n, m)`` of one dtype, on CUDA (or on the CPU under
-    ``TRITON_INTERPRET=1``); sizes: ``None`` or int64 ``(B, 2)`` on the same device.
+    ``TRITON_INTERPRET=1``); sizes: ``None`` or int64 ``(B, 2)`` on the same device;
+    variant: ``"listing1"`` or ``"original"``.
     Differentiable in ``cost`` and ``x_init``: the bit planes for the backward are only
     written when grad mode is on and one of them requires grad. Shapes or dtypes the
     kernels do not cover (see :func:`triton_supported`) run the reference instead.
     """
+    if variant not in _kernels.VARIANTS:
+        raise ValueError(f"variant must be one of {_kernels.VARIANTS}, got {variant!r}")
     _, n, m = cost.shape
     if not triton_supported(n, m, cost.dtype):
-        return match_reference(cost, x_init, n_grad, n_proj, lr, sizes)
+        return _reference(cost, x_init, n_grad, n_proj, lr, sizes, variant)
     save_bits = torch.is_grad_enabled() and (cost.requires_grad or x_init.requires_grad)
     if sizes is not None:
         sizes = sizes.contiguous()
-    out, _, _ = dmm_match_fwd(cost, x_init, sizes, n_grad, n_proj, float(lr), save_bits)
+    out, _, _ = dmm_match_fwd(cost, x_init, sizes, n_grad, n_proj, float(lr), save_bits, variant)
     return out
 
 
-def _reference_fwd(cost, x_init, sizes, n_grad, n_proj, lr, save_bits):
-    out = match_reference(cost, x_init, n_grad, n_proj, lr, sizes)
+def _reference(cost, x_init, n_grad, n_proj, lr, sizes, variant):
+    if variant == "listing1":
+        return match_reference(cost, x_init, n_grad, n_proj, lr, sizes)
+    return match_reference(cost, x_init, n_grad, n_proj, lr, sizes, variant=variant)
+
+
+def _reference_fwd(cost, x_init, sizes, n_grad, n_proj, lr, save_bits, variant="listing1"):
+    out = _reference(cost, x_init, n_grad, n_proj, lr, sizes, variant)
     empty = cost.new_empty((0,), dtype=torch.int64)
     return out, empty, empty
 

@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -761,9 +762,8 @@ def segment_frames(
     summary = SegmentSummary() if summary is None else summary
     used: set[str] = set()
     t0 = time.perf_counter()
-    for frame in frames:
-        if max_frames is not None and summary.frames >= max_frames:
-            break
+    stream = frames if max_frames is None else islice(frames, max_frames)  # reads no more
+    for frame in stream:
         ann_path = annotations.get(frame.name)
         if ann_path is not None:
             used.add(frame.name)

@@ -217,6 +217,10 @@ def test_bad_frame_mid_video_stops_with_one_line_and_marks_partial(
     assert pngs(out) == [f"{t:05d}.png" for t in range(4)]
     assert "stopped after 4 of 6 frames: cannot read frame" in read_partial(out)["reason"]
     assert not (tmp_path / "o.mp4").exists() and list(tmp_path.glob(".o.tmp*")) == []
+    # --max-frames stops before the bad frame: it is never read
+    code, _, err = run(capsys, [*argv[:-2], "--max-frames", "4", "--overwrite"])
+    assert code == 0, err
+    assert pngs(out) == [f"{t:05d}.png" for t in range(4)] and read_partial(out) is None
 
 
 def test_lock_refuses_a_second_writer(video, runtime, tmp_path, capsys):
@@ -474,3 +478,25 @@ main({bundle_args(video, out)!r})
     full = tmp_path / "full"
     run(capsys, bundle_args(video, full))
     np.testing.assert_array_equal(read_label_dir(out)[1], read_label_dir(full)[1])
+
+
+def test_video_url_is_read_live_through_ffmpeg(runtime, tmp_path, capsys, shared_dir):
+    """A URL goes to ffmpeg and is read as a live source (no length, no resume)."""
+    pytest.importorskip("imageio_ffmpeg")
+    mp4 = shared_dir / "data" / "vos_samples" / "example.mp4"
+    if not mp4.is_file():
+        pytest.skip(f"sample video not found at {mp4}")
+    mask = np.zeros((480, 640), np.uint8)
+    mask[100:300, 200:400] = 1
+    write_mask(tmp_path / "m.png", mask)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    argv = ["segment", "--bundle", str(bundle), "--video", mp4.as_uri(), "--mask",
+            str(tmp_path / "m.png"), "--out", str(tmp_path / "out"), "--max-frames", "3",
+            "--progress-interval", "0"]  # fmt: skip
+    code, stdout, err = run(capsys, argv)
+    assert code == 0, err
+    assert "segmented 3 frames (640x480)" in stdout
+    assert "segment: 1 frame, " in err and "segment: 3 frames, " in err  # no total: live
+    assert pngs(tmp_path / "out") == ["00000.png", "00001.png", "00002.png"]

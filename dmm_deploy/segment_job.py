@@ -511,6 +511,11 @@ def check_inputs(opts: SegmentOptions) -> _Inputs:
     for name, path in (("--frames", opts.frames), ("--annotations", opts.annotations)):
         if path is not None and not is_stream(path) and _same_folder(path, opts.out):
             raise ValueError(f"--out {opts.out} is the {name} folder; expected another folder")
+    if opts.overwrite and opts.mask is not None and _same_folder(opts.mask.parent, opts.out):
+        raise ValueError(
+            f"--overwrite would delete --mask {opts.mask}, which lies in --out {opts.out}; "
+            "move the mask or choose another folder"
+        )
     if opts.resume and is_stream(opts.frames):
         raise ValueError(
             f"--resume: {opts.frames} is a live source, which cannot be replayed to rebuild "

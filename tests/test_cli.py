@@ -174,6 +174,7 @@ CASES = [
     ("out-not-empty", lambda w, o: seg(w, o), r"--out .* is not empty \(1 entries, e\.g\. notes\.txt\): pass --overwrite"),
     ("out-partial-not-empty", lambda w, o: seg(w, o), r"is not empty \(unfinished run, 2 of 6 frames written \(interrupted after 2 of 6 frames\); .* --resume to continue it"),
     ("overwrite-foreign-files", lambda w, o: seg(w, o, overwrite=True), r"--overwrite: --out .* holds other things than masks \(notes\.txt\); they are not deleted"),
+    ("overwrite-deletes-mask", lambda w, o: seg(w, o, overwrite=True, mask=o / "00000.png"), r"--overwrite would delete --mask .*00000\.png, which lies in --out"),
     ("resume-finished-run", lambda w, o: seg(w, o, resume=True), r"--resume: --out .* holds no unfinished run"),
     ("resume-other-settings", lambda w, o: seg(w, o, resume=True, input_size="96x128"), r"--resume: the unfinished run in .* used other settings \(input_size: \[64, 112\], now \[96, 128\]\)"),
     ("resume-live-source", lambda w, o: seg(w, o, frames=None, video="rtsp://127.0.0.1:9/cam", resume=True), r"--resume: rtsp://127\.0\.0\.1:9/cam is a live source"),
@@ -227,6 +228,7 @@ PREPARED = {  # out folders that exist before the case
     "out-not-empty": _with_notes,
     "overwrite-foreign-files": _with_notes,
     "resume-finished-run": _finished,
+    "overwrite-deletes-mask": _finished,
     "out-partial-not-empty": _partial,
     "resume-other-settings": _partial,
 }

@@ -21,6 +21,9 @@ only the two bit planes (and ``sizes``) are saved for backward, their size is gi
 back to the batched reference, so an exported program can be lowered to plain aten ops (for
 ONNX, say) with ``ExportedProgram.run_decompositions(decompositions())``.
 
+:class:`CudaGraphMatcher` replays a captured CUDA graph of the forward launch for small batches
+at inference (where the launch itself, not the kernel, dominates: B = 1, 5 x 50).
+
 Documented fallback: problems beyond the kernels' limits (``n > 64`` or ``m > 1024``) and
 float64 inputs are solved by the reference (:func:`match_reference`), which gives the same
 answer more slowly; :func:`triton_supported` says which path a shape takes.
@@ -33,7 +36,7 @@ import torch
 from dmm_deploy.matching.reference import match_reference
 from kernels import matcher as _kernels
 
-__all__ = ["decompositions", "triton_match", "triton_supported"]
+__all__ = ["CudaGraphMatcher", "decompositions", "triton_match", "triton_supported"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -172,3 +175,93 @@ def decompositions() -> dict:
     empty tensors), e.g. before an ONNX export of a program traced with the Triton backend.
     """
     return {torch.ops.dmm_deploy.dmm_match_fwd.default: _reference_fwd}
+
+
+class CudaGraphMatcher:
+    """The fused forward replayed from a captured CUDA graph, for small batches at inference.
+
+    One graph per ``(shape, dtype, device, padded or not)``, captured at the first call with
+    that key (after one warm-up launch, which also compiles/autotunes the kernel): the graph
+    reads static input buffers, so a call is two copies into them, one graph replay and a copy
+    out (``copy_out=False`` returns the static output itself, which the next call of the same
+    key overwrites). No autograd: the result never requires grad (use :func:`triton_match`
+    for training). Arguments as :func:`triton_match`; ``sizes`` (int64 ``(B, 2)``) is copied
+    like the other inputs, so a graph serves every padding of its shape.
+
+    Typical use: ``matcher = CudaGraphMatcher(40, 5, 0.1); out = matcher(cost, x_init)``.
+    """
+
+    def __init__(
+        self,
+        n_grad: int,
+        n_proj: int,
+        lr: float,
+        variant: str = "listing1",
+        *,
+        copy_out: bool = True,
+        max_graphs: int = 16,
+    ) -> None:
+        if variant not in _kernels.VARIANTS:
+            raise ValueError(f"variant must be one of {_kernels.VARIANTS}, got {variant!r}")
+        if n_grad < 1 or n_proj < 1 or not lr > 0:
+            raise ValueError(
+                f"n_grad, n_proj must be >= 1 and lr > 0, got {n_grad}, {n_proj}, {lr}"
+            )
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        self.n_grad, self.n_proj, self.lr, self.variant = n_grad, n_proj, float(lr), variant
+        self.copy_out = copy_out
+        self.max_graphs = max_graphs
+        self._graphs: dict[tuple, tuple] = {}
+
+    def __call__(
+        self, cost: torch.Tensor, x_init: torch.Tensor, sizes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if not cost.is_cuda:
+            raise ValueError(f"CudaGraphMatcher needs CUDA tensors, cost is on {cost.device}")
+        if x_init.shape != cost.shape or x_init.dtype != cost.dtype:
+            raise ValueError(
+                f"x_init must match cost: {tuple(cost.shape)} {cost.dtype}, "
+                f"got {tuple(x_init.shape)} {x_init.dtype}"
+            )
+        _, n, m = cost.shape
+        if not triton_supported(n, m, cost.dtype):
+            raise ValueError(f"the fused kernels do not cover {n} x {m} {cost.dtype}")
+        key = (tuple(cost.shape), cost.dtype, cost.device, sizes is not None)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if len(self._graphs) >= self.max_graphs:
+                self._graphs.pop(next(iter(self._graphs)))
+            entry = self._graphs[key] = self._capture(cost, x_init, sizes)
+        graph, static_cost, static_x, static_sizes, static_out = entry
+        with torch.no_grad():
+            static_cost.copy_(cost)
+            static_x.copy_(x_init)
+            if sizes is not None:
+                static_sizes.copy_(sizes)
+            graph.replay()
+            return static_out.clone() if self.copy_out else static_out
+
+    def _capture(self, cost, x_init, sizes):
+        static_cost = torch.empty_like(cost, memory_format=torch.contiguous_format)
+        static_x = torch.empty_like(static_cost)
+        static_cost.copy_(cost)
+        static_x.copy_(x_init)
+        static_sizes = None if sizes is None else sizes.to(torch.int64).contiguous().clone()
+        static_out = torch.empty_like(static_cost)
+
+        def launch():
+            _kernels.matcher_forward(
+                static_cost, static_x, self.n_grad, self.n_proj, self.lr, static_sizes,
+                out=static_out, variant=self.variant,
+            )  # fmt: skip
+
+        stream = torch.cuda.Stream(cost.device)
+        stream.wait_stream(torch.cuda.current_stream(cost.device))
+        with torch.cuda.stream(stream):
+            launch()  # compiles and autotunes outside the capture
+        torch.cuda.current_stream(cost.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            launch()
+        return graph, static_cost, static_x, static_sizes, static_out

@@ -348,3 +348,53 @@ def test_backbones_listed_by_the_job_are_the_models():
     from dmm_deploy.segment_job import BACKBONES as JOB_BACKBONES
 
     assert set(JOB_BACKBONES) == set(BACKBONES)
+
+
+@pytest.fixture
+def fake_command(monkeypatch):
+    """A command registered the way every command is: one entry naming a module that has
+    ``add_args`` and ``run``."""
+    import types
+
+    from dmm_deploy.cli import Command
+
+    module = types.ModuleType("fake_cli_command")
+    seen = {}
+
+    def add_args(p):
+        p.add_argument("--fail", choices=("interrupt", "permission", "value"))
+
+    def run(args):
+        seen["verbosity"] = args.verbosity
+        if args.fail == "interrupt":
+            raise KeyboardInterrupt
+        if args.fail == "permission":
+            raise PermissionError(13, "Permission denied", "/somewhere/file.onnx")
+        if args.fail == "value":
+            raise ValueError("--thing must be positive,\ngot -1")
+        print("ran")
+        return 0
+
+    module.add_args, module.run = add_args, run
+    monkeypatch.setitem(sys.modules, "fake_cli_command", module)
+    monkeypatch.setitem(COMMANDS, "fake", Command("a command for tests", "fake_cli_command"))
+    return seen
+
+
+def test_registry_errors_interrupts_and_verbosity(fake_command, capsys):
+    assert main(["fake"]) == 0 and capsys.readouterr().out == "ran\n"
+    assert fake_command["verbosity"] == 0
+    assert main(["-v", "fake", "-v"]) == 0 and fake_command["verbosity"] == 2
+    assert main(["fake", "-q"]) == 0 and fake_command["verbosity"] == -1
+    capsys.readouterr()
+    assert main(["fake", "--fail", "interrupt"]) == 130
+    assert capsys.readouterr().err == "dmm-deploy fake: interrupted\n"
+    assert main(["fake", "--fail", "permission"]) == 2
+    assert capsys.readouterr().err == (
+        "dmm-deploy fake: error: Permission denied: /somewhere/file.onnx\n"
+    )
+    assert main(["fake", "--fail", "value"]) == 2
+    assert capsys.readouterr().err == "dmm-deploy fake: error: --thing must be positive,; got -1\n"
+    assert main(["fake", "-v", "--fail", "value"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith("error: --thing must be positive,; got -1\n")

@@ -256,10 +256,12 @@ def test_video_file_input_and_mp4_overlay(samples, tmp_path, capsys):
     mask[120:360, 200:440] = 5
     write_mask(tmp_path / "first.png", mask)
     out = tmp_path / "out"
+    npz = tmp_path / "p.npz"  # the video input is under test here, not the detector
+    save_precomputed(npz, random_detections(2, (480, 640)), (480, 640))
     code, stdout, err = run_cli(
         capsys,
         "--video", samples / "example.mp4", "--mask", tmp_path / "first.png", "--out", out,
-        "--random-weights", "--detector-size", "128", "--max-frames", "2",
+        "--random-weights", "--proposals", f"precomputed:{npz}", "--max-frames", "2",
         "--overlay", tmp_path / "overlay.mp4",
         *TINY,
     )  # fmt: skip

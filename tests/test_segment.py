@@ -202,6 +202,7 @@ def test_checkpoint_weights_are_used(samples, tmp_path, capsys):
         capsys,
         "--frames", frames, "--mask", mask, "--out", out,
         "--proposals", f"precomputed:{npz}", "--checkpoint", ckpt, "--max-frames", "3",
+        "--compat", "default",  # as the reference below (a checkpoint alone means "original")
         *TINY,
     )  # fmt: skip
     assert code == 0, err

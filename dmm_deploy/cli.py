@@ -14,7 +14,9 @@ command name) set ``args.verbosity`` (-1 quiet, 0 normal, 1+ verbose) and the ``
 Errors: bad input raises ``ValueError`` / ``FileNotFoundError`` (or :class:`UserError`) with one
 line naming the argument or file and what was expected; :func:`main` prints it as
 ``dmm-deploy CMD: error: <message>`` and returns 2 (``-v`` adds the traceback). Other
-``OSError`` (permissions, a full disk) end the same way, naming the file. Ctrl-C returns 130
+``OSError`` (permissions, a full disk) end the same way, naming the file. Running out of host
+or GPU memory is one line with exit code 1; any other exception is a bug and keeps its
+traceback. Ctrl-C returns 130
 with ``dmm-deploy CMD: interrupted ...`` (commands may put their progress into the
 ``KeyboardInterrupt``'s message, e.g. "interrupted after 12 of 16 frames").
 """
@@ -231,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # out of memory (host or device) is one line too; other bugs are not
+        if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"):
+            raise
+        if verbosity > 0:
+            traceback.print_exc()
+        first = _one_line(e).split("; ")[0]
+        print(f"{prog}: error: out of memory ({first})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -362,10 +362,14 @@ def fake_command(monkeypatch):
     seen = {}
 
     def add_args(p):
-        p.add_argument("--fail", choices=("interrupt", "permission", "value"))
+        p.add_argument("--fail", choices=("interrupt", "permission", "value", "memory", "bug"))
 
     def run(args):
         seen["verbosity"] = args.verbosity
+        if args.fail == "memory":
+            raise MemoryError("cannot allocate 9 GiB")
+        if args.fail == "bug":
+            raise RuntimeError("a bug")
         if args.fail == "interrupt":
             raise KeyboardInterrupt
         if args.fail == "permission":
@@ -398,3 +402,9 @@ def test_registry_errors_interrupts_and_verbosity(fake_command, capsys):
     assert main(["fake", "-v", "--fail", "value"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.endswith("error: --thing must be positive,; got -1\n")
+    assert main(["fake", "--fail", "memory"]) == 1
+    assert capsys.readouterr().err == (
+        "dmm-deploy fake: error: out of memory (cannot allocate 9 GiB)\n"
+    )
+    with pytest.raises(RuntimeError, match="a bug"):  # a bug keeps its traceback
+        main(["fake", "--fail", "bug"])

@@ -15,23 +15,39 @@ Stages (tensors in, tensors out; one frame, batch 1):
 """
 
 from dmm_deploy.model.checkpoint import (
+    OriginalCompatWarning,
     convert_original_state_dict,
     load_original_checkpoint,
     original_key_map,
     read_original_checkpoint,
 )
-from dmm_deploy.model.config import BACKBONES, DMMConfig
+from dmm_deploy.model.config import (
+    BACKBONES,
+    COMPAT_FIXED,
+    COMPAT_SWITCHES,
+    COMPATS,
+    MATCHINGS,
+    DMMConfig,
+)
 from dmm_deploy.model.decoder import ConvLSTMCell, RefineDecoder, mask_pyramid, to_probabilities
 from dmm_deploy.model.embed import RoIEmbedder, tight_boxes
 from dmm_deploy.model.encoder import Encoder
 from dmm_deploy.model.matching import (
     MatchingCost,
     MatchResult,
+    exact_assignment,
     mask_iou,
     match_proposals,
     pad_proposals,
 )
-from dmm_deploy.model.net import DMMNet, frame_to_input, merge_probabilities, resize_masks
+from dmm_deploy.model.net import (
+    DMMNet,
+    frame_to_input,
+    merge_probabilities,
+    pil_nearest_index,
+    resize_labels,
+    resize_masks,
+)
 from dmm_deploy.model.proposals import Detections, Proposals, paste_box_masks, prepare_proposals
 from dmm_deploy.model.segmenter import VideoSegmenter
 from dmm_deploy.model.sources import (
@@ -44,6 +60,10 @@ from dmm_deploy.model.sources import (
 
 __all__ = [
     "BACKBONES",
+    "COMPATS",
+    "COMPAT_FIXED",
+    "COMPAT_SWITCHES",
+    "MATCHINGS",
     "ConvLSTMCell",
     "DMMConfig",
     "DMMNet",
@@ -53,6 +73,7 @@ __all__ = [
     "MatchResult",
     "MatchingCost",
     "OracleProposals",
+    "OriginalCompatWarning",
     "PrecomputedProposals",
     "ProposalSource",
     "Proposals",
@@ -60,6 +81,7 @@ __all__ = [
     "RoIEmbedder",
     "VideoSegmenter",
     "convert_original_state_dict",
+    "exact_assignment",
     "frame_to_input",
     "load_original_checkpoint",
     "mask_iou",
@@ -69,8 +91,10 @@ __all__ = [
     "original_key_map",
     "pad_proposals",
     "paste_box_masks",
+    "pil_nearest_index",
     "prepare_proposals",
     "read_original_checkpoint",
+    "resize_labels",
     "resize_masks",
     "save_precomputed",
     "tight_boxes",

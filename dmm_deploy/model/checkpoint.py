@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,11 +40,19 @@ from dmm_deploy.model.config import DMMConfig
 from dmm_deploy.model.net import DMMNet
 
 __all__ = [
+    "OriginalCompatWarning",
     "convert_original_state_dict",
     "load_original_checkpoint",
     "original_key_map",
     "read_original_checkpoint",
 ]
+
+
+class OriginalCompatWarning(UserWarning):
+    """Original weights loaded into a model that does not run the original's pipeline."""
+
+
+_compat_warned = False  # load_original_checkpoint warns once per process
 
 _IGNORED = (re.compile(r"^encoder\.base\.fc\.(weight|bias)$"),)
 _MATCH_HEAD = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2"}
@@ -185,10 +194,24 @@ def load_original_checkpoint(
     source: a checkpoint directory or ``trainer.pt`` path (see
     :func:`read_original_checkpoint`), or an already loaded state dict with
     ``encoder.``/``decoder.`` keys. Strict (see :func:`convert_original_state_dict`).
+
+    The released weights were evaluated with the original's test-time pipeline; when
+    ``model.cfg.compat`` is not ``"original"`` an :class:`OriginalCompatWarning` is issued
+    (once per process, through :func:`warnings.warn`).
     """
+    global _compat_warned
     if not isinstance(model, DMMNet):
         raise TypeError(f"model must be a DMMNet, got {type(model).__name__}")
     state = source if isinstance(source, Mapping) else read_original_checkpoint(source)
     converted = convert_original_state_dict(state, model.cfg, reference=model)
     model.load_state_dict(converted, strict=True)
+    if model.cfg.compat != "original" and not _compat_warned:
+        _compat_warned = True
+        warnings.warn(
+            f"original DMM-Net weights loaded into a model with compat={model.cfg.compat!r}: "
+            "they were evaluated with the original pipeline; use "
+            "DMMConfig(compat='original') to reproduce it",
+            OriginalCompatWarning,
+            stacklevel=2,
+        )
     return model

@@ -8,10 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmm_deploy.matching import dmm_match
+from dmm_deploy.matching import dmm_match, exact_assign
 from dmm_deploy.model.config import DMMConfig
 
-__all__ = ["MatchResult", "MatchingCost", "mask_iou", "match_proposals", "pad_proposals"]
+__all__ = [
+    "MatchResult",
+    "MatchingCost",
+    "exact_assignment",
+    "mask_iou",
+    "match_proposals",
+    "pad_proposals",
+]
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -81,7 +88,8 @@ class MatchResult(NamedTuple):
     """What :func:`match_proposals` returns (tensors, one row per object).
 
     Attributes:
-        assignment: ``(O, M)`` the DMM layer's relaxed assignment (M padded proposals).
+        assignment: ``(O, M)`` the DMM layer's relaxed assignment (M padded proposals; one-hot
+            with ``cfg.matching="exact"``).
         hard: ``(O, M)`` the test-time read-out: each row keeps its maximum entries.
         index: ``(O,)`` int64 each row's argmax column; ``-1`` where it is a padding column.
         matched: ``(O, H, W)`` ``hard @ masks``: the mask the refinement decoder sees.
@@ -96,27 +104,54 @@ class MatchResult(NamedTuple):
     selected: torch.Tensor
 
 
+def exact_assignment(cost: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """The exact optimum of the matching LP as a one-hot assignment, batched over problems.
+
+    cost: ``(n, m)`` or ``(B, n, m)`` with ``n_b <= m_b`` for every problem (``sizes``: the
+    per-problem ``(n_b, m_b)`` of a padded batch, as in :func:`~dmm_deploy.matching.dmm_match`).
+    Each row gets a 1 in the column :func:`~dmm_deploy.matching.exact_assign` (scipy's
+    ``linear_sum_assignment``) gives it, every other entry 0 (padding included); same shape,
+    dtype and device as ``cost``, no gradient. ``n > m`` has no feasible assignment (each row
+    needs a column of its own) and raises ``ValueError``; :func:`match_proposals` never
+    reaches it, because :func:`pad_proposals` leaves at least ``O + 1`` columns.
+    """
+    with torch.no_grad():
+        index = exact_assign(cost, sizes)
+        hot = torch.zeros_like(cost)
+        valid = index >= 0
+        safe = torch.where(valid, index, 0)
+        hot.scatter_(-1, safe.unsqueeze(-1), valid.unsqueeze(-1).to(cost.dtype))
+    return hot
+
+
 def match_proposals(
     cost: torch.Tensor, proposal_masks: torch.Tensor, cfg: DMMConfig
 ) -> MatchResult:
-    """Pad, run the DMM layer (greedy one-hot start), read out, build the matched masks.
+    """Pad, match, read out, build the matched masks.
 
     cost: ``(O, P)`` from :class:`MatchingCost`, ``O >= 1``, ``P >= 0``.
     proposal_masks: ``(P, H, W)`` soft proposal masks.
-    The layer runs ``cfg.n_grad`` x ``cfg.n_proj`` steps at ``cfg.lr`` through
-    :func:`dmm_deploy.matching.dmm_match`. At test time each row keeps only its maximum
-    entry, with its value (ties keep all), as the original does.
+    With ``cfg.matching == "dmm"`` the DMM layer runs ``cfg.n_grad`` x ``cfg.n_proj`` steps at
+    ``cfg.lr`` from the greedy one-hot start, in ``cfg.matcher_variant``, through
+    :func:`dmm_deploy.matching.dmm_match`; with ``"exact"`` the padded cost's exact
+    assignment replaces it (:func:`exact_assignment`, the original's ``hun`` option). At test
+    time each row keeps only its maximum entry, with its value (ties keep all), as the
+    original does.
     """
     n_prop = proposal_masks.shape[0]
     cost_p, masks_p = pad_proposals(cost, proposal_masks)
-    x = dmm_match(
-        cost_p,
-        "greedy",
-        n_grad=cfg.n_grad,
-        n_proj=cfg.n_proj,
-        lr=cfg.lr,
-        backend=cfg.matcher_backend,
-    )
+    if cfg.matching == "exact":
+        x = exact_assignment(cost_p)
+    else:
+        x = dmm_match(
+            cost_p,
+            "greedy",
+            n_grad=cfg.n_grad,
+            n_proj=cfg.n_proj,
+            lr=cfg.lr,
+            backend=cfg.matcher_backend,
+            variant=cfg.matcher_variant,
+        )
     row_max, index = x.max(dim=1, keepdim=True)
     hard = x * (x == row_max).to(x.dtype)
     flat = masks_p.flatten(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,14 @@ from dmm_deploy.model.embed import RoIEmbedder
 from dmm_deploy.model.encoder import Encoder
 from dmm_deploy.model.matching import MatchingCost
 
-__all__ = ["DMMNet", "frame_to_input", "merge_probabilities", "resize_masks"]
+__all__ = [
+    "DMMNet",
+    "frame_to_input",
+    "merge_probabilities",
+    "pil_nearest_index",
+    "resize_labels",
+    "resize_masks",
+]
 
 
 class DMMNet(nn.Module):
@@ -37,6 +46,11 @@ class DMMNet(nn.Module):
         cfg = DMMConfig() if cfg is None else cfg
         if not isinstance(cfg, DMMConfig):
             raise TypeError(f"cfg must be a DMMConfig, got {type(cfg).__name__}")
+        if cfg.matching == "exact" and importlib.util.find_spec("scipy") is None:
+            raise ImportError(
+                "DMMConfig(matching='exact') needs scipy for the exact assignment "
+                "(pip install scipy)"
+            )
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.embedder = RoIEmbedder(cfg)
@@ -50,28 +64,77 @@ class DMMNet(nn.Module):
         )
 
 
-def frame_to_input(frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+def pil_nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each of ``n_out`` output pixels when PIL resizes ``n_in`` pixels with
+    ``Image.NEAREST``: ``int(s/2 + k s)`` with ``s = n_in / n_out``, the sum accumulated step by
+    step in float64 as Pillow's ``ImagingScaleAffine`` does (this differs from the exact
+    ``floor((k + 0.5) s)`` at a few pixels, e.g. 13 of 255 rows for 480 -> 255).
+    Returns int64 ``(n_out,)``."""
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"sizes must be positive, got {n_in} -> {n_out}")
+    step = n_in / n_out
+    steps = np.full(n_out, step, dtype=np.float64)
+    steps[0] = step * 0.5
+    return np.minimum(np.cumsum(steps).astype(np.int64), n_in - 1)
+
+
+def _pil_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize the last two dimensions of ``x`` as PIL's ``Image.NEAREST`` does."""
+    iy = torch.from_numpy(pil_nearest_index(x.shape[-2], size[0])).to(x.device)
+    ix = torch.from_numpy(pil_nearest_index(x.shape[-1], size[1])).to(x.device)
+    return x.index_select(-2, iy).index_select(-1, ix)
+
+
+def frame_to_input(
+    frame: np.ndarray, size: tuple[int, int], mode: str = "bilinear"
+) -> torch.Tensor:
     """``(H, W, 3)`` uint8 RGB -> ``(1, 3, h, w)`` float32 in [0, 1] at ``size = (h, w)``.
 
-    Bilinear resizing with antialiasing (``align_corners=False``); no normalisation (the
-    encoder normalises).
+    mode: ``"bilinear"`` (antialiased, ``align_corners=False``) or ``"nearest"`` (PIL's
+    ``Image.NEAREST``, the original's input resize, see :func:`pil_nearest_index`); the
+    config's ``input_resize``. No normalisation (the encoder normalises).
     """
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
     if not frame.flags.writeable:
         frame = frame.copy()
-    x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].to(torch.float32)
+    x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
     if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-    return (x / 255.0).clamp_(0.0, 1.0)
+        if mode == "nearest":
+            x = _pil_nearest(x, size)
+        else:
+            x = F.interpolate(
+                x.to(torch.float32),
+                size=tuple(size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+    return (x.to(torch.float32) / 255.0).clamp_(0.0, 1.0)
+
+
+def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a ``(h, w)`` label map to ``size = (H, W)`` with PIL's ``Image.NEAREST`` (how the
+    original's 255 x 448 label maps reach the annotations' resolution in its evaluation)."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return _pil_nearest(labels, size)
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int], mode: str = "nearest") -> torch.Tensor:
-    """Resize ``(K, H, W)`` masks to ``size``: ``"nearest"`` for binary annotations (the
-    original's choice), ``"bilinear"`` for probabilities. Returns float32 ``(K, h, w)``."""
+    """Resize ``(K, H, W)`` masks to ``size``: ``"nearest"`` (``nearest-exact``: pixel centres)
+    or ``"pil-nearest"`` (PIL's ``Image.NEAREST``, :func:`pil_nearest_index`; the original's
+    annotation resize) for binary annotations, ``"bilinear"`` for probabilities. Returns
+    float32 ``(K, h, w)``."""
+    if mode not in ("nearest", "pil-nearest", "bilinear"):
+        raise ValueError(f"mode must be 'nearest', 'pil-nearest' or 'bilinear', got {mode!r}")
     x = masks.to(torch.float32)
     if x.shape[0] == 0:
         return x.new_zeros(0, *size)
     if tuple(x.shape[-2:]) == tuple(size):
         return x
+    if mode == "pil-nearest":
+        return _pil_nearest(x, size)
     if mode == "nearest":
         return F.interpolate(x[:, None], size=tuple(size), mode="nearest-exact")[:, 0]
     return F.interpolate(x[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]

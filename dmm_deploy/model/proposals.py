@@ -3,8 +3,10 @@
 A proposal source returns :class:`Detections` for a frame, in the frame's own pixels;
 :func:`prepare_proposals` turns them into the model's :class:`Proposals` at the input
 resolution: masks pasted (or resized) into the input frame, each box replaced by the tight
-box of ``mask > cfg.box_threshold``, NMS at ``cfg.nms_iou`` over those boxes, the first
-``cfg.top_k`` kept (score order). There is no score threshold.
+box of ``mask > cfg.box_threshold`` (empty masks dropped, or kept with the original's box,
+``cfg.empty_proposals``), NMS at ``cfg.nms_iou`` over those boxes, ``cfg.top_k`` survivors
+kept (the best scores, or the first in detection order: ``cfg.proposal_order``). There is no
+score threshold.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ class Proposals(NamedTuple):
     """The model's proposals for one frame, at the input resolution ``(h, w)``.
 
     boxes ``(P, 4)`` float32 tight boxes (inclusive pixel indices), masks ``(P, h, w)``
-    float32 soft masks, scores ``(P,)``; ``P <= cfg.top_k``, in decreasing score order.
+    float32 soft masks, scores ``(P,)``; ``P <= cfg.top_k``, in decreasing score order
+    (``cfg.proposal_order="score"``) or ascending detection index (``"index"``).
     """
 
     boxes: torch.Tensor
@@ -133,8 +136,13 @@ def prepare_proposals(
 
     Box-relative masks are pasted at the input resolution (boxes scaled by the resize
     ratios); full-frame masks are resized bilinearly (antialiased). Then: tight boxes of
-    ``mask > cfg.box_threshold`` (empty masks dropped), NMS at ``cfg.nms_iou`` with the
-    original's ``+1`` box-area convention, the first ``cfg.top_k`` by score.
+    ``mask > cfg.box_threshold``; a mask with no such pixel is dropped
+    (``cfg.empty_proposals="drop"``) or kept with the box ``[0, 0, h, w]`` (``"keep"``, the
+    original's ``binmask_to_box``: height in the x2 slot, width in y2); NMS at ``cfg.nms_iou``
+    with the original's ``+1`` box-area convention; then ``cfg.top_k`` survivors: the best
+    scores, best first (``cfg.proposal_order="score"``), or the first survivors in ascending
+    detection index (``"index"``: maskrcnn-benchmark's NMS returns its survivors sorted by
+    index and the original keeps the first ``top_k`` of them).
     """
     h, w = cfg.input_size
     h0, w0 = frame_size
@@ -155,8 +163,16 @@ def prepare_proposals(
         elif not len(detections):
             masks = masks.new_zeros(0, h, w)
     boxes, nonempty = tight_boxes(masks, cfg.box_threshold)
-    keep = torch.nonzero(nonempty)[:, 0]
-    boxes, masks, scores = boxes[keep], masks[keep], detections.scores[keep]
+    scores = detections.scores
+    if cfg.empty_proposals == "keep":
+        empty_box = boxes.new_tensor([0.0, 0.0, float(h), float(w)])
+        boxes = torch.where(nonempty[:, None], boxes, empty_box)
+    else:
+        keep = torch.nonzero(nonempty)[:, 0]
+        boxes, masks, scores = boxes[keep], masks[keep], scores[keep]
     legacy = boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0])  # areas (x2 - x1 + 1)(y2 - y1 + 1)
-    keep = nms(legacy, scores, cfg.nms_iou)[: cfg.top_k]
+    keep = nms(legacy, scores, cfg.nms_iou)
+    if cfg.proposal_order == "index":
+        keep = keep.sort().values
+    keep = keep[: cfg.top_k]
     return Proposals(boxes[keep], masks[keep].contiguous(), scores[keep])

@@ -15,7 +15,13 @@ from dmm_deploy.data import Frame, read_frame, read_mask
 from dmm_deploy.model.decoder import to_probabilities
 from dmm_deploy.model.embed import tight_boxes
 from dmm_deploy.model.matching import MatchResult, match_proposals
-from dmm_deploy.model.net import DMMNet, frame_to_input, merge_probabilities, resize_masks
+from dmm_deploy.model.net import (
+    DMMNet,
+    frame_to_input,
+    merge_probabilities,
+    resize_labels,
+    resize_masks,
+)
 from dmm_deploy.model.proposals import Proposals, prepare_proposals
 from dmm_deploy.model.sources import ProposalSource
 
@@ -106,8 +112,12 @@ class VideoSegmenter:
     every object against every proposal goes through the DMM layer; then either the
     refinement decoder runs once per object (spatial recurrence over objects in slot order,
     temporal recurrence per object), or, with ``cfg.refine=False`` (matching-only), each
-    object's output is its matched proposal's mask. Probabilities are resized to the
-    frame's resolution and merged (background ``1 - max_k p_k``, argmax).
+    object's output is its matched proposal's mask. Probabilities are merged (background
+    ``1 - max_k p_k``, argmax) at the frame's resolution after a bilinear upsampling
+    (``cfg.merge_at="frame"``) or at the input resolution, the label map then resized to the
+    frame with PIL's NEAREST (``"input"``, the original's way). A frame without detections
+    gets no proposal, or (``cfg.no_detections="last"``) the proposals of the most recent frame
+    of this stream that had detections (kept at the input resolution; ``start`` forgets them).
 
     On an annotated frame (``start``, or ``step`` with ``new_masks``) the annotated objects
     are run like the others (their decoder state is built from the annotation, as the
@@ -156,6 +166,9 @@ class VideoSegmenter:
         self.last_probabilities: torch.Tensor | None = None
         self.last_proposals: Proposals | None = None
         self.last_match: MatchResult | None = None
+        self._last_nonempty: Proposals | None = None
+        # annotations reach the input size as frames do: PIL's NEAREST under "nearest"
+        self._mask_mode = "pil-nearest" if self.cfg.input_resize == "nearest" else "nearest"
 
     @property
     def object_ids(self) -> list[int]:
@@ -165,6 +178,7 @@ class VideoSegmenter:
         """Begin a video: forget all state, process frame 0 with its annotation ``mask``."""
         self._objects = []
         self.frame_index = -1
+        self._last_nonempty = None
         return self.step(frame, new_masks=mask)
 
     def step(self, frame: FrameLike, new_masks: MaskLike | None = None) -> np.ndarray:
@@ -216,7 +230,7 @@ class VideoSegmenter:
         size = cfg.input_size
         timer = self.timer
         with timer("encoder"):
-            x = frame_to_input(image, size).to(dev)
+            x = frame_to_input(image, size, cfg.input_resize).to(dev)
             match, skip = model.encoder(x)
 
         annotated: dict[int, torch.Tensor] = {}
@@ -235,9 +249,7 @@ class VideoSegmenter:
             return np.zeros(size0, np.uint8)
 
         with timer("proposals"):
-            det = self.source.detect(index, image)
-            props = prepare_proposals(det, size0, cfg)
-            props = Proposals(*(t.to(dev) for t in props))
+            props = self._proposals(index, image)
         with timer("features_cost"):
             emb = model.embedder(match, props.boxes)
             templates = torch.stack([o.template for o in self._objects])
@@ -254,17 +266,27 @@ class VideoSegmenter:
         with timer("merge"):
             for k, obj in enumerate(self._objects):
                 if obj.id in annotated:
-                    probs[k] = resize_masks(annotated[obj.id][None], size)[0]
+                    probs[k] = resize_masks(annotated[obj.id][None], size, self._mask_mode)[0]
                 obj.prev = probs[k]
             labels = self._labels(probs, annotated, size0)
         self.last_probabilities = probs
         self.last_proposals, self.last_match = props, res
         return labels
 
+    def _proposals(self, index: int, image: np.ndarray) -> Proposals:
+        det = self.source.detect(index, image)
+        if len(det) == 0 and self.cfg.no_detections == "last" and self._last_nonempty is not None:
+            return self._last_nonempty
+        props = prepare_proposals(det, image.shape[:2], self.cfg)
+        props = Proposals(*(t.to(self.device) for t in props))
+        if len(det):
+            self._last_nonempty = props
+        return props
+
     def _add_objects(self, annotated: dict[int, torch.Tensor], match, size) -> None:
         known = {o.id: o for o in self._objects}
         new_ids = [oid for oid in annotated if oid not in known]
-        masks = resize_masks(torch.stack([annotated[i] for i in annotated]), size)
+        masks = resize_masks(torch.stack([annotated[i] for i in annotated]), size, self._mask_mode)
         by_id = dict(zip(annotated, masks, strict=True))
         for oid in annotated:
             if oid in known:
@@ -295,12 +317,16 @@ class VideoSegmenter:
         return torch.stack(probs)
 
     def _labels(self, probs: torch.Tensor, annotated: dict[int, torch.Tensor], size0) -> np.ndarray:
-        full = F.interpolate(probs[:, None], size=size0, mode="bilinear", align_corners=False)[:, 0]
-        for k, obj in enumerate(self._objects):
-            if obj.id in annotated:
-                full[k] = annotated[obj.id].to(full.dtype)
-        ids = torch.tensor(self.object_ids, dtype=torch.uint8, device=full.device)
-        labels = merge_probabilities(full, ids)
+        ids = torch.tensor(self.object_ids, dtype=torch.uint8, device=probs.device)
+        if self.cfg.merge_at == "input":
+            labels = resize_labels(merge_probabilities(probs, ids), size0)
+        else:
+            full = F.interpolate(probs[:, None], size=size0, mode="bilinear", align_corners=False)
+            full = full[:, 0]
+            for k, obj in enumerate(self._objects):
+                if obj.id in annotated:
+                    full[k] = annotated[obj.id].to(full.dtype)
+            labels = merge_probabilities(full, ids)
         for oid, m in annotated.items():
             labels[m] = oid
         return labels.cpu().numpy()

@@ -11,8 +11,9 @@ excluded) the wall time and each stage's time are recorded (the stage names of
 ``dmm_deploy.model.STAGES``, timed by the same ``timer`` hook in both pipelines), and the
 process's peak RSS. The label maps of the two pipelines are compared pixel by pixel.
 
-Mask R-CNN proposals: the runtime bundle has no Mask R-CNN stage in this version, so only
-precomputed proposals are compared (written in the results).
+With ``--maskrcnn-size`` one more configuration compares torchvision Mask R-CNN in torch
+with the bundle's exported detector (random weights, drawn after the model's, as the export
+job draws them).
 Results: ``runtime.csv`` and ``runtime.md`` in ``--out``.
 """
 
@@ -61,6 +62,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def detector(size: int):
+    """Mask R-CNN (random weights) at shorter side ``size``, as the segment job builds it."""
+    from dmm_deploy.model import MaskRCNNProposals
+
+    return MaskRCNNProposals(None, min_size=size, max_size=round(size * 1333 / 800))
+
+
 def pingpong(n_available: int, n_wanted: int) -> list[int]:
     period = max(1, 2 * (n_available - 1))
     return [i if i < n_available else period - i for i in (k % period for k in range(n_wanted))]
@@ -83,13 +91,18 @@ def worker(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         size = tuple(int(v) for v in args.input_size.split("x"))
         net = DMMNet(DMMConfig(backbone=args.backbone, input_size=size))
-        seg = VideoSegmenter(net, PrecomputedProposals(args.npz), timer=timer)
+        if args.proposals == "maskrcnn":
+            source = detector(args.maskrcnn_size)  # drawn after the net, as at export
+        else:
+            source = PrecomputedProposals(args.npz)
+        seg = VideoSegmenter(net, source, timer=timer)
     else:
         from dmm_deploy.runtime import Runtime, StreamingSegmenter
         from dmm_deploy.runtime.proposals import PrecomputedDetections
 
         rt = Runtime.open(args.bundle, threads=args.threads[0])
-        seg = StreamingSegmenter(rt, PrecomputedDetections(args.npz), timer=timer)
+        source = None if args.proposals == "maskrcnn" else PrecomputedDetections(args.npz)
+        seg = StreamingSegmenter(rt, source, timer=timer)
     for _ in seg.segment(frames, mask):  # warm-up pass
         pass
     per_frame, stages, labels = [], {s: [] for s in STAGE_NAMES}, []
@@ -127,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--input-size", default="255x448")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--maskrcnn-size",
+        type=int,
+        default=480,
+        help="also compare with Mask R-CNN proposals (first backbone, 1 thread, 4 frames) at "
+        "this detector size; 0: skip",
+    )
+    p.add_argument("--proposals", default="precomputed", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--worker", choices=("torch", "runtime"), help=argparse.SUPPRESS)
     p.add_argument("--backbone", help=argparse.SUPPRESS)
@@ -159,64 +180,61 @@ def main(argv: list[str] | None = None) -> int:
     npz = tmp / "bike.npz"
     save_precomputed(npz, dets, (h, w))
 
-    rows = []
-    for backbone in args.backbones:
-        torch.manual_seed(args.seed)
-        net = DMMNet(DMMConfig(backbone=backbone, input_size=size)).eval()
-        bundle = tmp / backbone
-        t0 = time.perf_counter()
-        export_bundle(net, bundle, log=lambda s: None)
-        print(f"{backbone}: bundle exported in {time.perf_counter() - t0:.0f} s", flush=True)
-        del net
-        for threads in args.threads:
-            res = {}
-            for kind in ("torch", "runtime"):
-                labels = tmp / f"{backbone}-{threads}-{kind}.npz"
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    kind,
-                    "--backbone",
-                    backbone,
-                    "--bundle",
-                    str(bundle),
-                    "--npz",
-                    str(npz),
-                    "--labels",
-                    str(labels),
-                    "--threads",
-                    str(threads),
-                    "--frames",
-                    str(args.frames),
-                    "--input-size",
-                    args.input_size,
-                    "--seed",
-                    str(args.seed),
-                ]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                res[kind] = json.loads(out.stdout.strip().splitlines()[-1])
-                res[kind]["labels"] = np.load(labels)["labels"]
-            agree = float((res["torch"]["labels"] == res["runtime"]["labels"]).mean())
-            for kind in ("torch", "runtime"):
-                med, p20, p80 = _stats(res[kind]["frame_ms"])
-                row = {
-                    "backbone": backbone,
-                    "threads": threads,
-                    "pipeline": "torch eager" if kind == "torch" else "runtime (onnxruntime CPU)",
-                    "frame_ms": med,
-                    "frame_p20_ms": p20,
-                    "frame_p80_ms": p80,
-                    **{f"{s}_ms": res[kind]["stages_ms"][s] for s in STAGE_NAMES},
-                    "peak_rss_mib": res[kind]["peak_rss_mib"],
-                    "label_agreement": agree,
-                }
-                rows.append(row)
-                print(
-                    f"{backbone} t={threads} {kind:8s} frame {med:7.1f} ms  "
-                    f"RSS {row['peak_rss_mib']:7.0f} MiB  agreement {agree:.5f}",
-                    flush=True,
-                )
+    configs = [(b, t, "precomputed") for b in args.backbones for t in args.threads]
+    if args.maskrcnn_size:
+        configs.append((args.backbones[0], 1, "maskrcnn"))
+    rows, bundles = [], {}
+    for backbone, threads, proposals in configs:
+        key = (backbone, proposals)
+        if key not in bundles:
+            torch.manual_seed(args.seed)
+            net = DMMNet(DMMConfig(backbone=backbone, input_size=size)).eval()
+            det = detector(args.maskrcnn_size).model if proposals == "maskrcnn" else None
+            bundles[key] = tmp / f"{backbone}-{proposals}"
+            t0 = time.perf_counter()
+            export_bundle(net, bundles[key], proposals=proposals, detector=det, log=lambda s: None)
+            print(
+                f"{backbone} {proposals}: exported in {time.perf_counter() - t0:.0f} s", flush=True
+            )
+            del net, det
+        n_frames = args.frames if proposals == "precomputed" else min(args.frames, 4)
+        res = {}
+        for kind in ("torch", "runtime"):
+            labels = tmp / f"{backbone}-{threads}-{proposals}-{kind}.npz"
+            cmd = [sys.executable, __file__, "--worker", kind, "--backbone", backbone]
+            cmd += ["--bundle", str(bundles[key]), "--npz", str(npz), "--labels", str(labels)]
+            cmd += ["--threads", str(threads), "--frames", str(n_frames)]
+            cmd += ["--input-size", args.input_size, "--seed", str(args.seed)]
+            cmd += ["--proposals", proposals, "--maskrcnn-size", str(args.maskrcnn_size)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                raise RuntimeError(f"worker {kind} failed:\n{out.stderr[-3000:]}")
+            res[kind] = json.loads(out.stdout.strip().splitlines()[-1])
+            res[kind]["labels"] = np.load(labels)["labels"]
+        agree = float((res["torch"]["labels"] == res["runtime"]["labels"]).mean())
+        for kind in ("torch", "runtime"):
+            med, p20, p80 = _stats(res[kind]["frame_ms"])
+            row = {
+                "backbone": backbone,
+                "threads": threads,
+                "proposals": proposals
+                if proposals == "precomputed"
+                else f"maskrcnn@{args.maskrcnn_size}",
+                "pipeline": "torch eager" if kind == "torch" else "runtime (onnxruntime CPU)",
+                "frames": n_frames,
+                "frame_ms": med,
+                "frame_p20_ms": p20,
+                "frame_p80_ms": p80,
+                **{f"{s}_ms": res[kind]["stages_ms"][s] for s in STAGE_NAMES},
+                "peak_rss_mib": res[kind]["peak_rss_mib"],
+                "label_agreement": agree,
+            }
+            rows.append(row)
+            print(
+                f"{backbone} t={threads} {proposals} {kind:8s} frame {med:7.1f} ms  "
+                f"RSS {row['peak_rss_mib']:7.0f} MiB  agreement {agree:.5f}",
+                flush=True,
+            )
 
     args.out.mkdir(parents=True, exist_ok=True)
     keys = list(rows[0])
@@ -240,10 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         "identical in both). Each pipeline in its own process (peak RSS = VmHWM of that process). The "
         "machine was shared with other jobs: compare ratios within a row pair only.",
         "",
-        "| backbone | threads | pipeline | frame ms (p20-p80) | encoder | features+cost | "
-        "matching | refinement | proposals+merge | peak RSS MiB | runtime/torch time | "
-        "runtime/torch RSS | label agreement |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backbone | threads | proposals | pipeline | frame ms (p20-p80) | encoder | "
+        "proposals | features+cost | matching | refinement | merge | peak RSS MiB | "
+        "runtime/torch time | runtime/torch RSS | label agreement |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i in range(0, len(rows), 2):
         t, r = rows[i], rows[i + 1]
@@ -251,11 +269,12 @@ def main(argv: list[str] | None = None) -> int:
             ratio_t = r["frame_ms"] / t["frame_ms"]
             ratio_m = r["peak_rss_mib"] / t["peak_rss_mib"]
             lines.append(
-                f"| {row['backbone']} | {row['threads']} | {row['pipeline']} | "
+                f"| {row['backbone']} | {row['threads']} | {row['proposals']} | "
+                f"{row['pipeline']} | "
                 f"{row['frame_ms']:.0f} ({row['frame_p20_ms']:.0f}-{row['frame_p80_ms']:.0f}) | "
-                f"{row['encoder_ms']:.0f} | {row['features_cost_ms']:.1f} | "
-                f"{row['matching_ms']:.1f} | {row['refinement_ms']:.0f} | "
-                f"{row['proposals_ms'] + row['merge_ms']:.1f} | {row['peak_rss_mib']:.0f} | "
+                f"{row['encoder_ms']:.0f} | {row['proposals_ms']:.1f} | "
+                f"{row['features_cost_ms']:.1f} | {row['matching_ms']:.1f} | "
+                f"{row['refinement_ms']:.0f} | {row['merge_ms']:.1f} | {row['peak_rss_mib']:.0f} | "
                 + (
                     f"{ratio_t:.2f}x | {ratio_m:.2f}x | {row['label_agreement']:.5f} |"
                     if row is r
@@ -264,8 +283,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     lines += [
         "",
-        "Mask R-CNN proposals: not measured: the bundle format has no exported Mask R-CNN stage "
-        "in this version (export with --proposals precomputed).",
+        "Stage columns: median ms per frame of each stage (timer hooks of both pipelines; "
+        "'proposals' = detection + post-processing, 'features+cost' = box embeddings (+ the "
+        "cost in torch; the runtime computes the cost inside the matching graph)). Mask R-CNN "
+        "rows: random detector weights, fewer frames; label agreement there also reflects "
+        "near-tied detection scores of a random detector.",
         "",
     ]
     (args.out / "runtime.md").write_text("\n".join(lines))

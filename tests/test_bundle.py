@@ -229,3 +229,69 @@ def test_runtime_reads_the_model_npz_format(videos):
     np.testing.assert_array_equal(a.masks.numpy(), b.masks)
     with pytest.raises(ValueError, match=str(Path(npz).name)):
         PrecomputedDetections(npz).detect(0, image[:10])
+
+
+def test_export_model_job_arguments(tmp_path):
+    import argparse
+
+    from dmm_deploy.export import bundle_job
+
+    parser = argparse.ArgumentParser()
+    bundle_job.add_args(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "b")])
+    with pytest.raises(ValueError, match="--random-weights"):
+        bundle_job.run(args)
+    args = parser.parse_args(
+        ["--out", str(tmp_path / "b"), "--random-weights", "--input-size", "9"]
+    )
+    with pytest.raises(ValueError, match="--input-size"):
+        bundle_job.run(args)
+    args = parser.parse_args(["--out", str(tmp_path), "--checkpoint", str(tmp_path / "nope")])
+    with pytest.raises(FileNotFoundError, match="--checkpoint"):
+        bundle_job.run(args)
+
+
+def test_export_refuses_models_the_runtime_does_not_implement(tmp_path):
+    net = DMMNet(CFG.replace(compat="original", input_size=(96, 160)))
+    with pytest.raises(NotImplementedError, match="compat='original'"):
+        export_bundle(net, tmp_path)
+
+
+def test_build_segmenter_runs_a_bundle(bundle, videos):
+    from types import SimpleNamespace
+
+    from dmm_deploy.runtime.jobs import build_segmenter
+
+    frames, anns, npz = videos["bike"]
+    opts = SimpleNamespace(
+        bundle=bundle[0],
+        backend="onnxruntime",
+        device="cpu",
+        proposals="precomputed",
+        precomputed=npz,
+        threads=1,
+    )
+    labels = list(build_segmenter(opts).segment(frames[:2], anns[0]))
+    assert len(labels) == 2 and labels[1].shape == anns[0].shape
+
+
+@pytest.mark.slow
+def test_maskrcnn_bundle_runs_the_exported_detector(videos, tmp_path):
+    """The proposals stage (torchvision Mask R-CNN in ONNX, random weights, small detector)
+    against the torch pipeline with the same detector."""
+    from dmm_deploy.model import MaskRCNNProposals
+
+    torch.manual_seed(3)
+    net = DMMNet(CFG).eval()
+    source = MaskRCNNProposals(
+        None, min_size=160, max_size=267, detections_per_img=20, rpn_post_nms_top_n_test=100
+    )
+    export_bundle(net, tmp_path, proposals="maskrcnn", detector=source.model, log=lambda s: None)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["proposals"]["kind"] == "maskrcnn" and "proposals" in manifest["stages"]
+    frames, anns, _ = videos["bike"]
+    ref = list(VideoSegmenter(net, source).segment(frames[:3], anns[0]))
+    got = list(StreamingSegmenter(Runtime.open(tmp_path, threads=1)).segment(frames[:3], anns[0]))
+    agree = [float((a == b).mean()) for a, b in zip(ref, got, strict=True)]
+    # a random detector's near-equal scores may order a few detections differently
+    assert min(agree) >= 0.95, agree

@@ -222,3 +222,32 @@ def test_tensorrt_backend_needs_cuda_and_tensorrt(tmp_path):
             Runtime.open(root, backend="tensorrt", device="cuda")
     else:
         pytest.skip("TensorRT is installed: the engine path is exercised on a GPU machine")
+
+
+def test_models_configured_otherwise_are_refused(tmp_path):
+    root = _tiny_bundle(tmp_path / "b")
+    data = json.loads((root / "manifest.json").read_text())
+    data["config"].update(compat="original", merge_at="input")
+    (root / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError) as e:
+        Bundle.load(root)
+    assert "compat='original'" in _one_line(e) and "merge_at='input'" in str(e.value)
+
+
+def test_build_segmenter_checks_its_options(tmp_path):
+    from types import SimpleNamespace
+
+    from dmm_deploy.runtime.jobs import build_segmenter
+
+    root = _tiny_bundle(tmp_path / "b")
+    opts = SimpleNamespace(
+        bundle=root, backend="onnxruntime", device="cpu", proposals="precomputed", threads=1
+    )
+    with pytest.raises(ValueError, match="--precomputed"):
+        build_segmenter(SimpleNamespace(**vars(opts), precomputed=None))
+    with pytest.raises(FileNotFoundError, match="--precomputed"):
+        build_segmenter(SimpleNamespace(**vars(opts), precomputed=tmp_path / "none.npz"))
+    with pytest.raises(ValueError, match="precomputed is required"):
+        build_segmenter(
+            SimpleNamespace(**{**vars(opts), "proposals": "maskrcnn"}, precomputed=None)
+        )

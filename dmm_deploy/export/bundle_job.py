@@ -2,7 +2,9 @@
 
     dmm-deploy export-model --out bundle/ (--checkpoint DIR | --random-weights)
         [--backbone resnet101] [--input-size 255x448] [--precision fp32|mixed|fp16]
-        [--proposals precomputed|maskrcnn] [--matching-only] [--seed 0] [--threads 1]
+        [--proposals precomputed|maskrcnn [--maskrcnn-weights FILE|COCO_V1]
+         [--maskrcnn-version v1|v2] [--detector-size 800]]
+        [--matching-only] [--seed 0] [--threads 1]
 
 Every graph passes onnx.checker, the TensorRT 10.3 / 11.0 parser check and a parity check
 against torch (onnxruntime CPU); a failure exits non-zero. torch is imported inside ``run``.
@@ -37,7 +39,18 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--proposals",
         choices=("precomputed", "maskrcnn"),
         default="precomputed",
-        help="where the runtime gets proposals (maskrcnn: not exported by this version)",
+        help="where the runtime gets proposals: a .npz given at run time (precomputed), or "
+        "torchvision Mask R-CNN exported into the bundle (maskrcnn)",
+    )
+    parser.add_argument(
+        "--maskrcnn-weights",
+        metavar="FILE",
+        help="Mask R-CNN weights file or torchvision weights name (with --proposals maskrcnn; "
+        "--random-weights exports a random detector)",
+    )
+    parser.add_argument("--maskrcnn-version", choices=("v1", "v2"), default="v1")
+    parser.add_argument(
+        "--detector-size", type=int, default=800, metavar="PX", help="Mask R-CNN's shorter side"
     )
     parser.add_argument(
         "--matching-only", action="store_true", help="no refinement decoder (the paper's ablation)"
@@ -69,6 +82,12 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint not found: {args.checkpoint}")
     size = _parse_size(args.input_size)
+    if args.proposals == "maskrcnn" and args.maskrcnn_weights is None and not args.random_weights:
+        raise ValueError(
+            "--maskrcnn-weights: needed with --proposals maskrcnn (or --random-weights)"
+        )
+    if args.detector_size < 32:
+        raise ValueError(f"--detector-size must be >= 32, got {args.detector_size}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     out = Path(args.out)
@@ -78,19 +97,28 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dmm_deploy.export.bundle import BundleExportError, export_bundle
-    from dmm_deploy.model import DMMConfig, DMMNet, load_original_checkpoint
+    from dmm_deploy.model import DMMConfig, DMMNet, MaskRCNNProposals, load_original_checkpoint
 
     cfg = DMMConfig(backbone=args.backbone, input_size=size, refine=not args.matching_only)
     torch.manual_seed(args.seed)
     net = DMMNet(cfg)
     if args.checkpoint is not None:
         load_original_checkpoint(net, args.checkpoint)
+    detector = None
+    if args.proposals == "maskrcnn":
+        detector = MaskRCNNProposals(
+            args.maskrcnn_weights,
+            version=args.maskrcnn_version,
+            min_size=args.detector_size,
+            max_size=round(args.detector_size * 1333 / 800),
+        ).model
     try:
         export_bundle(
             net.eval(),
             out,
             precision=args.precision,
             proposals=args.proposals,
+            detector=detector,
             threads=args.threads,
         )
     except BundleExportError as e:

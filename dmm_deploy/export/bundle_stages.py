@@ -18,6 +18,8 @@ match        templates (B, O, D), embeddings (B, M, D),     assignment (B, O, M)
              proposal_masks (B, M, h, w), sizes (B, 2)
 decoder      skip4..skip32 (B, ...), masks (B, 3, h, w),    probabilities (B, h, w),
              h32..h4, c32..c4, t32..t4 (B, ...)             h32_out..h4_out, c32_out..c4_out
+proposals    image (3, H, W) RGB in [0, 1], any H, W        boxes (D, 4), scores (D,),
+                                                            masks (D, 28, 28)
 ============ ============================================== =====================================
 
 ``match`` solves a padded batch of problems: problem ``b`` is ``sizes[b] = (O_b, M_b)`` objects
@@ -68,6 +70,7 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
         ("probabilities", *(f"h{s}_out" for s in COARSE), *(f"c{s}_out" for s in COARSE)),
     ),
+    "proposals": (("image",), ("boxes", "scores", "masks")),
 }
 """Input and output names of every stage graph, in call order."""
 
@@ -154,3 +157,30 @@ class DecoderStage(nn.Module):
         h, c, t = state[0:4], state[4:8], state[8:12]
         logits, h_new, c_new = self.decoder((s4, s8, s16, s32), masks, h, c, t)
         return (to_probabilities(logits, self.size), *h_new, *c_new)
+
+
+class MaskRCNNStage(nn.Module):
+    """torchvision Mask R-CNN as :class:`~dmm_deploy.model.MaskRCNNProposals` runs it:
+    the detector's own resize and normalisation, backbone, RPN and RoI heads, boxes mapped
+    back to the frame's pixels, box-relative 28 x 28 mask probabilities (no pasting: the
+    runtime pastes at the model's input size, as the model does).
+
+    ``detector``: the ``torchvision.models.detection.MaskRCNN`` (e.g.
+    ``MaskRCNNProposals(...).model``), in eval mode.
+    """
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector.eval()
+
+    def forward(self, image: torch.Tensor):
+        from torchvision.models.detection.transform import resize_boxes
+
+        m = self.detector
+        images, _ = m.transform([image])
+        features = m.backbone(images.tensors)
+        boxes, _ = m.rpn(images, features)
+        det, _ = m.roi_heads(features, boxes, images.image_sizes)
+        det = det[0]
+        out_boxes = resize_boxes(det["boxes"], images.image_sizes[0], image.shape[-2:])
+        return out_boxes, det["scores"], det["masks"][:, 0]

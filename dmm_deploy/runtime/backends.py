@@ -130,6 +130,9 @@ class OrtStage:
         if threads is not None:
             so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
+        # no spin-waiting between calls: the runtime alternates between numpy and the graphs,
+        # and spinning threads take the cores from the numpy work (and from other processes)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), so, providers=providers)
@@ -237,5 +240,9 @@ def open_stage(
     if backend == "tensorrt":
         if device != "cuda":
             raise ValueError("backend='tensorrt' runs on device='cuda' only")
+        if any(spec.extra.get("tensorrt_problems", {}).values()):
+            # a stage TensorRT's parser does not take (the exported Mask R-CNN): onnxruntime's
+            # CUDA provider runs it
+            return OrtStage(path, spec, "cuda", threads=threads)
         return TrtStage(path, spec, cache)
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

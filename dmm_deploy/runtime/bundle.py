@@ -35,11 +35,13 @@ __all__ = [
     "MANIFEST_VERSION",
     "PRECISIONS",
     "REQUIRED_STAGES",
+    "SUPPORTED_BEHAVIOUR",
     "Bundle",
     "BundleError",
     "StageSpec",
     "TensorSpec",
     "sha256_file",
+    "unsupported_behaviour",
 ]
 
 BUNDLE_FORMAT = "dmm-deploy-bundle"
@@ -47,6 +49,30 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 PRECISIONS = ("fp32", "mixed", "fp16")
 REQUIRED_STAGES = ("encoder", "embed", "match")
+
+# Model settings this runtime implements: the default pipeline. Bundles of models configured
+# otherwise (DMMConfig compat="original", matching="exact", or one of these switches changed)
+# are refused at load time rather than run with different behaviour.
+SUPPORTED_BEHAVIOUR = {
+    "compat": "default",
+    "matching": "dmm",
+    "matcher_variant": "listing1",
+    "input_resize": "bilinear",
+    "merge_at": "frame",
+    "proposal_order": "score",
+    "empty_proposals": "drop",
+    "no_detections": "pad",
+}
+
+
+def unsupported_behaviour(config: dict) -> list[str]:
+    """``field=value`` for each model setting of ``config`` this runtime does not implement
+    (fields absent from ``config`` are taken as the default pipeline's)."""
+    return [
+        f"{k}={config[k]!r}"
+        for k, v in SUPPORTED_BEHAVIOUR.items()
+        if k in config and config[k] != v
+    ]
 
 
 class BundleError(ValueError):
@@ -169,6 +195,12 @@ class Bundle:
             raise BundleError(f"bundle: {mpath} is missing or has a bad field ({e!r})") from None
         if precision not in PRECISIONS:
             raise BundleError(f"bundle: unknown precision {precision!r} in {mpath}")
+        unsupported = unsupported_behaviour(config)
+        if unsupported:
+            raise BundleError(
+                f"bundle: {mpath} holds a model configured with {', '.join(unsupported)}, "
+                "which this runtime does not implement (it runs the default pipeline)"
+            )
         needed = list(REQUIRED_STAGES)
         if config.get("refine", True):
             needed.append("decoder")

@@ -102,20 +102,24 @@ def test_launch_config():
 
 @pytest.mark.parametrize("arch", [80, 87, 90])
 def test_kernel_compiles_to_ptx_without_a_gpu(arch):
-    from dmm_deploy.export._plugin_kernel import compile_plugin_ptx
+    from dmm_deploy.export._plugin_kernel import compile_plugin_ptx, entry_params
 
-    compiled = compile_plugin_ptx(arch, 8, 128, 0.01, dtype="fp16" if arch == 87 else "fp32")
-    ptx = compiled.asm["ptx"]
-    assert re.search(rf"\.target sm_{arch}a?\b", ptx)
-    name = compiled.metadata.name
-    assert name == "_dmm_match_trt_kernel" and f".entry {name}(" in ptx
-    entry = ptx[ptx.index(f".entry {name}(") : ptx.index(")", ptx.index(f".entry {name}("))]
-    params = re.findall(r"\.param \.(u64|u32)", entry)
-    # TensorRT's order: input pointers, the extra int32 args (B, n, m, n_grad, n_proj), output
-    assert params[:8] == ["u64", "u64", "u32", "u32", "u32", "u32", "u32", "u64"]
-    # any parameters after those are Triton's scratch pointers, which this kernel never uses
-    assert getattr(compiled.metadata, "global_scratch_size", 0) == 0
-    assert getattr(compiled.metadata, "profile_scratch_size", 0) == 0
+    k = compile_plugin_ptx(arch, 8, 128, 0.01, dtype="fp16" if arch == 87 else "fp32")
+    assert re.search(rf"^\.target sm_{arch}a?$", k.ptx, re.M)
+    assert re.search(r"^\.version 8\.0$", k.ptx, re.M)  # CUDA 12.0's ISA, not Triton's
+    assert k.name == "_dmm_match_trt_kernel" and f".entry {k.name}(" in k.ptx
+    # TensorRT's order: input pointers, the extra int32 args (B, n, m, n_grad, n_proj), output;
+    # nothing after (Triton's scratch pointers removed)
+    assert [t for t, _ in entry_params(k.ptx)] == [
+        "u64",
+        "u64",
+        "u32",
+        "u32",
+        "u32",
+        "u32",
+        "u32",
+        "u64",
+    ]
 
 
 def test_adapter_kernel_matches_the_reference_in_the_interpreter(repo_root):
@@ -163,11 +167,26 @@ def test_export_job_plugin_report(tmp_path):
     args = parser.parse_args(["--plugin", "--out", str(tmp_path / "p.onnx")])
     lines = []
     assert run_export(options_from_args(args), args.out, log=lines.append) == 0
+
     report = "\n".join(lines)
     for arch in (80, 87, 90):
         assert f"ptx       sm_{arch}" in report
-    assert "tensorrt  11.0: OK" in report and ">= 10.9" in report
+    assert "tensorrt  10.9: OK" in report and "tensorrt  11.0: OK" in report
+    assert "tensorrt  10.3: not a target" in report
+    assert "8 entry parameters" in report and ".version 8.0" in report
     assert "result    OK" in report
+
+
+def test_plugin_export_fails_with_exit_code_on_a_failing_check(tmp_path, monkeypatch):
+    """Any failing check gives exit code 1 and 'result FAILED' (as the README says)."""
+    from dmm_deploy.export import engine_job
+
+    monkeypatch.setattr(engine_job, "PLUGIN_TENSORRT_VERSIONS", ("10.3",))
+    lines = []
+    options = ExportOptions(plugin=True)
+    code = engine_job.run_plugin_export(options, tmp_path / "p.onnx", lines.append, archs=())
+    assert code == 1 and lines[-1] == "result    FAILED"
+    assert any(line.startswith("tensorrt  10.3: 1 problem(s)") for line in lines)
 
 
 @pytest.mark.trt

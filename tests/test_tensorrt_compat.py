@@ -308,3 +308,61 @@ def test_problems_are_readable_lines(default_export):
     broken.graph.input[0].type.tensor_type.elem_type = TensorProto.DOUBLE
     problems = check_tensorrt(broken, "10.3")
     assert problems and all(isinstance(p, str) and "\n" not in p for p in problems)
+
+
+# -- per-version rules (TopK K, Clip min/max, Swish) ------------------------------------------
+
+
+def _one_node_model(node, inputs, opset, initializers=()):
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [*node] if isinstance(node, list) else [node],
+        "g",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])],
+        initializer=list(initializers),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _x():
+    from onnx import helper
+
+    return helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b"])
+
+
+def test_topk_with_a_computed_k_is_flagged_for_10_x_only():
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], start=1, end=2),
+        helper.make_node("TopK", ["x", "s"], ["y", "i"], axis=1),
+    ]
+    model = _one_node_model(nodes, [_x()], 17)
+    assert any("'K'" in p for p in check_tensorrt(model, "10.3"))
+    # 10.15's operator table limits only K < 3840: a computed K is no problem there
+    assert check_tensorrt(model, "10.15") == []
+    assert check_tensorrt(model, "11.0") == []
+
+
+def test_clip_with_tensor_bounds_passes_every_version():
+    """onnx-tensorrt 10.0-10.1 GA's Clip importer takes tensor min/max through its elementwise
+    path (its 'must be an initializer' asserts are on the path for weights only), so a
+    non-initializer bound is not a parser problem in any version."""
+    from onnx import helper
+
+    lo = helper.make_tensor_value_info("lo", TensorProto.FLOAT, [])
+    model = _one_node_model(helper.make_node("Clip", ["x", "lo"], ["y"]), [_x(), lo], 17)
+    for version in ("10.3", "10.15", "11.0"):
+        assert check_tensorrt(model, version) == []
+
+
+def test_swish_needs_tensorrt_11():
+    from onnx import helper
+
+    model = _one_node_model(helper.make_node("Swish", ["x"], ["y"]), [_x()], 24)
+    assert check_tensorrt(model, "11.0") == []
+    (problem,) = check_tensorrt(model, "10.15")
+    assert "Swish" in problem and "from 11.0 on" in problem
+    assert any("Swish" in p for p in check_tensorrt(model, "10.3"))

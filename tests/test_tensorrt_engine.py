@@ -413,3 +413,166 @@ def test_real_engine_build_and_run(tmp_path, precision):
     np.testing.assert_allclose(got["assignment"].cpu().numpy(), out)
     with pytest.raises(ValueError, match="outside the engine's profile"):
         runner(cost=np.zeros((9, 5, 40), np.float32), x_init=np.zeros((9, 5, 40), np.float32))
+
+
+# -- static profiles, the plugin's cache key, the runner's stream and device ------------------
+
+
+def test_static_export_builds_a_profile_of_exactly_its_shape(fake_build, tmp_path):
+    import onnx
+
+    from dmm_deploy.export.trt_plugin import make_plugin_model
+
+    fake, onnx_path = fake_build("10.9.0")
+    onnx.save(make_plugin_model(static_shape=(4, 8, 64)), str(onnx_path))
+    lines = []
+    build_engine(onnx_path, tmp_path / "s.engine", BuilderOptions(), log=lines.append)
+    for name in ("cost", "x_init"):
+        assert ("profile", name, (4, 8, 64), (4, 8, 64), (4, 8, 64)) in fake.calls
+    assert any("min = opt = max = 4x8x64" in line for line in lines)
+    with pytest.raises(ValueError, match="static shape 4x8x64"):
+        other = ShapeProfile((1, 1, 1), (4, 8, 64), (8, 8, 64))
+        build_engine(onnx_path, tmp_path / "s.engine", BuilderOptions(profile=other))
+
+
+def test_plugin_engine_cache_keys_kernel_source_triton_and_ptx(fake_build, tmp_path, monkeypatch):
+    pytest.importorskip("triton")
+    import onnx
+    import triton
+
+    from dmm_deploy.export import _plugin_kernel, trt_plugin
+    from dmm_deploy.export.trt_plugin import make_plugin_model, plugin_cache_fields
+
+    fake, onnx_path = fake_build("10.9.0")
+    onnx.save(make_plugin_model(max_n=8, max_m=64), str(onnx_path))
+    fields = plugin_cache_fields(onnx_path, 80)
+    assert set(fields) == {"kernel_source", "triton", "ptx"}
+    assert fields["triton"] == triton.__version__
+    assert fields["ptx"] == trt_plugin.plugin_kernel(80, 8, 64, 0.01, "fp32").digest
+    assert plugin_cache_fields(onnx_path, 90)["ptx"] != fields["ptx"]
+    registered = []
+    monkeypatch.setattr(trt_mod, "gpu_arch", lambda device=0: 80)
+    monkeypatch.setattr(trt_plugin, "register_plugin", lambda **kw: registered.append(kw))
+    opts = BuilderOptions(profile=ShapeProfile((1, 1, 1), (4, 4, 32), (16, 8, 64)), plugin=True)
+    cache = tmp_path / "cache"
+
+    def build():
+        fake.calls.clear()
+        build_engine(onnx_path, tmp_path / "p.engine", opts, cache_dir=cache, log=lambda s: None)
+        return bool(fake.calls)  # True: built; False: taken from the cache
+
+    assert build() and registered and not build()
+    monkeypatch.setattr(_plugin_kernel, "kernel_source_digest", lambda: "changed kernel")
+    assert build() and not build()
+    monkeypatch.setattr(triton, "__version__", "3.7.1")
+    assert build() and not build()
+    assert len(list(cache.glob("m-*.engine"))) == 3
+
+
+def _fake_runtime_trt(calls):
+    """A stand-in for the parts of ``tensorrt`` the runner uses."""
+    m = types.SimpleNamespace(__version__="10.9.0")
+    m.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    m.nptype = lambda t: np.float32
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class Context:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = shape
+            return True
+
+        def set_tensor_address(self, name, ptr):
+            calls.append(("address", name))
+
+        def get_tensor_shape(self, name):
+            return self.shapes["cost"]
+
+        def execute_async_v3(self, stream):
+            calls.append(("execute", stream, calls_device[-1] if calls_device else None))
+            return True
+
+    class Engine:
+        num_io_tensors = 3
+
+        def get_tensor_name(self, i):
+            return ("cost", "x_init", "assignment")[i]
+
+        def get_tensor_mode(self, name):
+            return "out" if name == "assignment" else "in"
+
+        def get_tensor_dtype(self, name):
+            return "FLOAT"
+
+        def create_execution_context(self):
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, plan):
+            calls.append(("deserialize", calls_device[-1] if calls_device else None))
+            return Engine()
+
+    calls_device = []
+    m.Logger, m.Runtime, m.calls_device = Logger, Runtime, calls_device
+    return m
+
+
+def test_runner_uses_its_own_stream_on_its_device(monkeypatch):
+    import contextlib
+
+    calls = []
+    fake = _fake_runtime_trt(calls)
+    monkeypatch.setattr(trt_mod, "import_tensorrt", lambda: fake)
+
+    class Stream:
+        def __init__(self, device=None, handle=0):
+            self.device, self.cuda_stream = device, handle or 0x5EED
+
+        def wait_stream(self, other):
+            calls.append(("wait", self.cuda_stream, other.cuda_stream))
+
+        def synchronize(self):
+            calls.append(("sync", self.cuda_stream))
+
+    @contextlib.contextmanager
+    def device(d):
+        fake.calls_device.append(d)
+        try:
+            yield
+        finally:
+            fake.calls_device.pop()
+
+    caller = Stream(handle=0)
+    caller.cuda_stream = 0  # the legacy default stream
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda d=None: caller)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: calls.append(("keep", s)))
+    runner = trt_mod.EngineRunner(b"PLAN", device=1)
+    assert runner.device == torch.device("cuda", 1)
+    assert ("deserialize", runner.device) in calls
+    assert runner.stream.device == runner.device and runner.stream.cuda_stream != 0
+    # tensors stay on the CPU here (no GPU); everything else is the runner's own flow
+    monkeypatch.setattr(runner, "_to_device", lambda v, name: v.float().contiguous())
+    monkeypatch.setattr(runner, "_empty", lambda shape, name: torch.empty(shape))
+    calls.clear()
+    out = runner.run(cost=np.zeros((2, 3, 4), np.float32), x_init=np.zeros((2, 3, 4), np.float32))
+    assert out["assignment"].shape == (2, 3, 4)
+    assert ("execute", 0x5EED, runner.device) in calls
+    order = [c[0] for c in calls]
+    assert order.index("wait") < order.index("execute")  # our stream waits for the caller's
+    assert ("wait", 0, 0x5EED) in calls  # and the caller's waits for ours after
+    assert ("sync", 0x5EED) in calls  # numpy results: synchronized on our stream
+    assert [c for c in calls if c[0] == "keep"] == [("keep", runner.stream)] * 3

@@ -1,19 +1,36 @@
 """Build and run TensorRT engines from the command line.
 
 Shared by ``python export/build_engine.py`` and ``dmm-deploy trt-build`` / ``trt-run``; the
-logic is in :mod:`dmm_deploy.export.tensorrt`.
+logic is in :mod:`dmm_deploy.export.tensorrt`. Also the plugin path of the export job
+(:func:`run_plugin_export`, called by ``dmm-deploy export --plugin``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
 
 from dmm_deploy.export.tensorrt import BuilderOptions, ShapeProfile, parse_shape
+from dmm_deploy.export.tensorrt_compat import tensorrt_verdicts
 
-__all__ = ["add_build_args", "add_run_args", "options_from_args", "run_build", "run_engine"]
+__all__ = [
+    "PLUGIN_ARCHS",
+    "PLUGIN_TENSORRT_VERSIONS",
+    "add_build_args",
+    "add_run_args",
+    "options_from_args",
+    "run_build",
+    "run_engine",
+    "run_plugin_export",
+]
+
+PLUGIN_ARCHS = (80, 87, 90)  # A100, Jetson Orin, H100
+# the plugin's targets: the first TensorRT with AOT plugins and the current major (10.3, on
+# JetPack 6, has no AOT plugins: the unrolled export is the one for it)
+PLUGIN_TENSORRT_VERSIONS = ("10.9", "11.0")
 
 
 def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -139,3 +156,56 @@ def run_engine(args: argparse.Namespace, log=print) -> int:
         f"time      {shape}: median {ms:.3f} ms over {args.repeat} runs ({torch.cuda.get_device_name()})"
     )
     return 0
+
+
+def run_plugin_export(options, out: str | Path, log=print, archs: tuple[int, ...] = PLUGIN_ARCHS):
+    """Export the plugin graph, check it, compile its kernel for ``archs``; return the exit code.
+
+    ``options`` is the export's :class:`~dmm_deploy.export.onnx_export.ExportOptions`
+    (``precision`` fp16 or mixed give float16 I/O). The checks are TensorRT's operator tables
+    for :data:`PLUGIN_TENSORRT_VERSIONS` and the kernel's compilation to TensorRT's calling
+    convention; any failing check gives exit code 1 (the line ``result    FAILED``).
+    Compilation needs Triton, not a GPU.
+    """
+    from dmm_deploy.export.onnx_export import export_matcher
+    from dmm_deploy.export.trt_plugin import PLUGIN_ID, _plugin_attrs, plugin_kernel
+
+    if not options.plugin:
+        raise ValueError("run_plugin_export needs ExportOptions(plugin=True)")
+    out = Path(out)
+    model = export_matcher(out, options)
+    attrs = _plugin_attrs(model)
+    half = options.precision != "fp32"
+    log(
+        f"exported  {out}  ({os.path.getsize(out)} bytes, one {PLUGIN_ID} node, "
+        f"{'float16' if half else 'float32'} I/O)"
+    )
+    log(
+        f"plugin    n_grad={attrs['n_grad']} n_proj={attrs['n_proj']} lr={attrs['lr']:.6g}, "
+        f"tile {attrs['block_n']}x{attrs['block_m']} (serves n <= {attrs['block_n']}, "
+        f"m <= {attrs['block_m']}), aot={attrs['aot']}"
+    )
+    log("tensorrt  10.3: not a target (no AOT plugins before 10.9; export without --plugin)")
+    code = tensorrt_verdicts(model, log, versions=PLUGIN_TENSORRT_VERSIONS)
+    for arch in archs:
+        try:
+            k = plugin_kernel(
+                arch,
+                attrs["block_n"],
+                attrs["block_m"],
+                float(attrs["lr"]),
+                "fp16" if half else "fp32",
+            )
+        except (RuntimeError, ValueError) as e:
+            log(f"FAIL      ptx sm_{arch}: {e}")
+            code = 1
+            continue
+        log(
+            f"ptx       sm_{arch}: {k.name}, {len(k.ptx) // 1024} KiB, .version "
+            f"{k.ptx_version // 10}.{k.ptx_version % 10}, {len(k.params)} entry parameters "
+            f"(TensorRT's; {k.stripped} Triton scratch pointer(s) removed), {k.problems} "
+            f"problem(s) x {k.num_warps} warp(s) per program"
+        )
+    log("note      build with: dmm-deploy trt-build --plugin (TensorRT >= 10.9, GPU); not run here")
+    log("result    OK" if code == 0 else "result    FAILED")
+    return code

@@ -20,6 +20,7 @@ from dmm_deploy.export.onnx_export import (
     random_problems,
     verify_onnxruntime,
 )
+from dmm_deploy.export.tensorrt_compat import tensorrt_verdicts
 from dmm_deploy.matching.reference import match_reference
 
 __all__ = ["PARITY_ATOL", "add_export_args", "options_from_args", "run_export", "tensorrt_verdicts"]
@@ -144,30 +145,10 @@ def _timing(path: Path, options: ExportOptions) -> tuple[tuple[int, int, int], f
     return shape, t_ort, t_torch
 
 
-def tensorrt_verdicts(model, log=print, tolerated: tuple[str, ...] = ()) -> int:
-    """Print the TensorRT compatibility verdict for 10.3 (JetPack 6) and 11.0.
-
-    Returns 1 when a version outside ``tolerated`` reports problems (the plugin graph, for
-    one, cannot load in 10.3, which has no ahead-of-time plugins), else 0.
-    """
-    from dmm_deploy.export.tensorrt_compat import check_tensorrt
-
-    code = 0
-    for version in ("10.3", "11.0"):
-        problems = check_tensorrt(model, trt_version=version)
-        verdict = (
-            "OK" if not problems else f"{len(problems)} problem(s): " + "; ".join(problems[:3])
-        )
-        log(f"tensorrt  {version}: {verdict}")
-        if problems and version not in tolerated:
-            code = 1
-    return code
-
-
 def run_export(options: ExportOptions, out: Path, verify: bool = True, log=print) -> int:
     """Export, check and report; returns the process exit code (0 = everything held)."""
     if options.plugin:
-        from dmm_deploy.export.trt_plugin import run_plugin_export
+        from dmm_deploy.export.engine_job import run_plugin_export
 
         return run_plugin_export(options, out, log=log)
     model = export_matcher(out, options)

@@ -3,7 +3,9 @@
 Written against TensorRT's documented Python API (``tensorrt.Builder``, ``OnnxParser``,
 ``IBuilderConfig``, ``Runtime``, ``IExecutionContext.execute_async_v3``) for TensorRT 10.x and
 11.x. TensorRT is imported inside the functions that need it; without it they raise an
-``ImportError`` that says how to install it. The pure-Python parts (options, cache keys,
+``ImportError`` that says how to install it (``INSTALL_HINT``). Importing this module imports
+neither TensorRT nor torch: the builder reads the GPU's name through torch when it is there and
+through ``nvidia-smi`` otherwise; only :class:`EngineRunner` needs torch. The pure-Python parts (options, cache keys,
 profile parsing, error formatting, the 10.x/11.x flag choice) work and are tested without it.
 
 The differences between TensorRT 10 and 11 are handled in one place, :func:`network_setup`:
@@ -18,12 +20,15 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from dmm_deploy.export.tensorrt_compat import INSTALL_HINT, import_tensorrt, trt_version_tuple
+
 __all__ = [
+    "INSTALL_HINT",
     "BuilderOptions",
     "EngineRunner",
     "ShapeProfile",
@@ -34,32 +39,9 @@ __all__ = [
     "import_tensorrt",
     "network_setup",
     "parse_shape",
+    "static_profile",
     "trt_version_tuple",
 ]
-
-INSTALL_HINT = (
-    "TensorRT's Python package is needed for this: pip install 'dmm-deploy[trt]' "
-    "(or use the tensorrt package of your JetPack / NGC container)"
-)
-
-
-def import_tensorrt():
-    """``import tensorrt``, or an ``ImportError`` that says how to install it."""
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise ImportError(INSTALL_HINT) from e
-    return tensorrt
-
-
-def trt_version_tuple(version: str) -> tuple[int, int]:
-    """``"10.3.0.26"`` -> ``(10, 3)``."""
-    parts = str(version).split(".")
-    try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        raise ValueError(f"cannot read a TensorRT version from {version!r}") from None
-
 
 # -- shapes and options ---------------------------------------------------------------------
 
@@ -142,14 +124,19 @@ class BuilderOptions:
                 f"optimization_level must be an int in 0..5, got {self.optimization_level!r}"
             )
 
-    def cache_tag(self, onnx_digest: str, trt_version: str, gpu_name: str) -> str:
-        """A short stable key of these options, the ONNX file, the TensorRT version and the GPU."""
+    def cache_tag(
+        self, onnx_digest: str, trt_version: str, gpu_name: str, extra: dict | None = None
+    ) -> str:
+        """A short stable key of these options, the ONNX file, the TensorRT version, the GPU
+        and ``extra`` (for plugin builds: the kernel source digest, the Triton version and the
+        PTX digest, :func:`~dmm_deploy.export.trt_plugin.plugin_cache_fields`)."""
         payload = json.dumps(
             {
                 "options": asdict(self),
                 "onnx": onnx_digest,
                 "tensorrt": str(trt_version),
                 "gpu": str(gpu_name),
+                "extra": extra or {},
             },
             sort_keys=True,
         )
@@ -252,13 +239,85 @@ def format_parser_errors(parser, onnx_path: str | Path = "") -> str:
 # -- build ---------------------------------------------------------------------------------
 
 
-def gpu_name(device: int = 0) -> str:
-    """The CUDA device's name (through torch); ``RuntimeError`` without a GPU."""
-    import torch
+def _nvidia_smi(field: str, device: int) -> str:
+    import subprocess
 
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader", "-i", str(device)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        out = None
+    if out is None or out.returncode != 0 or not out.stdout.strip():
+        raise RuntimeError("TensorRT engines need a CUDA GPU, and none is visible")
+    return out.stdout.strip().splitlines()[0].strip()
+
+
+def gpu_name(device: int = 0) -> str:
+    """The CUDA device's name (through torch, else ``nvidia-smi``); ``RuntimeError`` without
+    a GPU."""
+    try:
+        import torch
+    except ImportError:
+        return _nvidia_smi("name", device)
     if not torch.cuda.is_available():
         raise RuntimeError("TensorRT engines need a CUDA GPU, and none is visible")
     return torch.cuda.get_device_name(device)
+
+
+def gpu_arch(device: int = 0) -> int:
+    """The CUDA device's ``10 * major + minor`` (through torch, else ``nvidia-smi``)."""
+    try:
+        import torch
+    except ImportError:
+        major, minor = _nvidia_smi("compute_cap", device).split(".")
+        return 10 * int(major) + int(minor)
+    if not torch.cuda.is_available():
+        raise RuntimeError("TensorRT engines need a CUDA GPU, and none is visible")
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def static_profile(onnx_path: str | Path) -> ShapeProfile | None:
+    """The one-shape profile of a graph exported with ``--static BxNxM`` (every input of rank 3
+    with the same fixed dims), or ``None`` when a dimension is dynamic."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # not readable as ONNX here: TensorRT's parser will say what is wrong
+        return None
+    inits = {t.name for t in model.graph.initializer}
+    shapes = set()
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != 3 or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            return None
+        shapes.add(tuple(int(d.dim_value) for d in dims))
+    if len(shapes) != 1:
+        return None
+    (shape,) = shapes
+    return ShapeProfile(shape, shape, shape)
+
+
+def _profile_for(onnx_path: Path, profile: ShapeProfile) -> ShapeProfile:
+    """``profile`` for a dynamic graph; for a static one its exact shape (a profile given
+    other than the default and that shape is an error)."""
+    exact = static_profile(onnx_path)
+    if exact is None or profile == exact:
+        return profile
+    if profile != ShapeProfile():
+        raise ValueError(
+            f"{onnx_path} was exported with the static shape {'x'.join(map(str, exact.min))}; "
+            f"the profile min/opt/max {profile.min}/{profile.opt}/{profile.max} cannot apply "
+            "(leave --min/--opt/--max at their defaults)"
+        )
+    return exact
 
 
 def build_engine(
@@ -275,7 +334,9 @@ def build_engine(
     engine_path: where to write the plan (default: the ONNX path with ``.engine``).
     options: :class:`BuilderOptions` (default profile 1x1x1 / 8x8x128 / 64x16x512).
     cache_dir: an engine cache: a build whose key (options, ONNX bytes, TensorRT version, GPU
-        name: :meth:`BuilderOptions.cache_tag`) is there is copied instead of rebuilt.
+        name and, for plugin builds, kernel sources, Triton version and PTX:
+        :meth:`BuilderOptions.cache_tag`) is there is copied instead of rebuilt.
+    A graph exported with ``--static BxNxM`` gets a profile of exactly that shape.
     timing_cache: a timing-cache file, read when present and written back after the build.
     Raises :class:`TensorRTBuildError` with every parser error when the graph is refused,
     ``ImportError`` without TensorRT, ``RuntimeError`` without a GPU.
@@ -285,6 +346,10 @@ def build_engine(
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no ONNX file at {onnx_path}")
     engine_path = Path(engine_path) if engine_path else onnx_path.with_suffix(".engine")
+    profile = _profile_for(onnx_path, options.profile)
+    if profile != options.profile:
+        options = replace(options, profile=profile)
+        log(f"profile   static graph: min = opt = max = {'x'.join(map(str, profile.min))}")
     if options.plugin:
         from dmm_deploy.export.trt_plugin import check_plugin_profile
 
@@ -292,7 +357,12 @@ def build_engine(
     trt = import_tensorrt()
     network_flags, builder_flags = network_setup(trt, options)
     gpu = gpu_name()
-    tag = options.cache_tag(file_digest(onnx_path), trt.__version__, gpu)
+    extra = None
+    if options.plugin:
+        from dmm_deploy.export.trt_plugin import plugin_cache_fields
+
+        extra = plugin_cache_fields(onnx_path, gpu_arch())
+    tag = options.cache_tag(file_digest(onnx_path), trt.__version__, gpu, extra)
     cached = engine_cache_path(cache_dir, onnx_path, tag) if cache_dir else None
     if cached is not None and cached.is_file():
         engine_path.parent.mkdir(parents=True, exist_ok=True)
@@ -304,7 +374,7 @@ def build_engine(
     if options.plugin:
         from dmm_deploy.export.trt_plugin import register_plugin
 
-        register_plugin()
+        register_plugin(arch_fn=gpu_arch)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags)
@@ -363,11 +433,14 @@ class EngineRunner:
     plugin: register the ``dmm_deploy::dmm_match`` plugin first (engines of ``--plugin``
         exports built with a Python-only plugin implementation).
 
-    ``runner(cost=..., x_init=...)`` (or ``runner.run({...})``) sets the input shapes, runs on the
-    current torch CUDA stream and returns ``{output name: value}``: torch CUDA tensors when the
-    inputs were torch tensors (not synchronized: use them on the same stream), numpy arrays
-    after a synchronization when they were numpy. Inputs are cast to the engine's input types
-    (float16 engines take float32 arrays too).
+    ``runner(cost=..., x_init=...)`` (or ``runner.run({...})``) sets the input shapes and runs
+    on the runner's own non-default CUDA stream (``runner.stream``, on ``runner.device``; the
+    legacy default stream would make TensorRT warn and synchronize). The stream waits for the
+    caller's current stream first (so inputs made there are ready) and the caller's current
+    stream waits for it after (so outputs are safe to use there without a synchronization).
+    Returns ``{output name: value}``: torch CUDA tensors on ``runner.device`` when the inputs
+    were torch tensors, numpy arrays after a synchronization when they were numpy. Inputs are
+    cast to the engine's input types (float16 engines take float32 arrays too).
     """
 
     def __init__(self, engine: str | Path | bytes, device: int | None = None, plugin: bool = False):
@@ -398,6 +471,7 @@ class EngineRunner:
             if self.engine is None:
                 raise RuntimeError("TensorRT could not deserialize the engine (see its log)")
             self.context = self.engine.create_execution_context()
+            self.stream = torch.cuda.Stream(device=self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = [n for n in names if is_input[n]]
@@ -408,6 +482,14 @@ class EngineRunner:
             ).dtype
             for n in names
         }
+
+    def _to_device(self, value, name: str):
+        """``value`` as a contiguous tensor of the engine's type for ``name`` on the device."""
+        return value.to(device=self.device, dtype=self.dtypes[name]).contiguous()
+
+    def _empty(self, shape: tuple, name: str):
+        """An uninitialized output tensor for ``name`` on the device."""
+        return self._torch.empty(shape, dtype=self.dtypes[name], device=self.device)
 
     def run(self, feeds: dict | None = None, **inputs) -> dict:
         """Run once; ``feeds`` and keyword inputs name every engine input (see the class)."""
@@ -421,36 +503,41 @@ class EngineRunner:
                 f"unexpected {sorted(extra)}"
             )
         as_numpy = not all(isinstance(v, torch.Tensor) for v in feeds.values())
-        keep = []
-        for name in self.input_names:
-            value = feeds[name]
-            if isinstance(value, np.ndarray):
-                value = torch.from_numpy(np.ascontiguousarray(value))
-            elif not isinstance(value, torch.Tensor):
-                raise TypeError(f"input {name!r} must be a numpy array or torch tensor")
-            value = value.to(device=self.device, dtype=self.dtypes[name]).contiguous()
-            keep.append(value)
-            if not self.context.set_input_shape(name, tuple(value.shape)):
-                raise ValueError(
-                    f"input {name!r} shape {tuple(value.shape)} is outside the engine's profile"
-                )
-            self.context.set_tensor_address(name, value.data_ptr())
-        outputs = {}
-        for name in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(name))
-            if any(d < 0 for d in shape):
-                raise RuntimeError(f"output {name!r} shape {shape} is not determined by the inputs")
-            out = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-            self.context.set_tensor_address(name, out.data_ptr())
-            outputs[name] = out
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed (see its log)")
-        if as_numpy:
-            stream.synchronize()
-            return {k: v.cpu().numpy() for k, v in outputs.items()}
-        for v in keep:  # inputs converted here must live until the stream has used them
-            v.record_stream(stream)
+        with torch.cuda.device(self.device):
+            caller = torch.cuda.current_stream(self.device)
+            keep = []
+            for name in self.input_names:
+                value = feeds[name]
+                if isinstance(value, np.ndarray):
+                    value = torch.from_numpy(np.ascontiguousarray(value))
+                elif not isinstance(value, torch.Tensor):
+                    raise TypeError(f"input {name!r} must be a numpy array or torch tensor")
+                value = self._to_device(value, name)
+                keep.append(value)
+                if not self.context.set_input_shape(name, tuple(value.shape)):
+                    raise ValueError(
+                        f"input {name!r} shape {tuple(value.shape)} is outside the engine's profile"
+                    )
+                self.context.set_tensor_address(name, value.data_ptr())
+            outputs = {}
+            for name in self.output_names:
+                shape = tuple(self.context.get_tensor_shape(name))
+                if any(d < 0 for d in shape):
+                    raise RuntimeError(
+                        f"output {name!r} shape {shape} is not determined by the inputs"
+                    )
+                out = self._empty(shape, name)
+                self.context.set_tensor_address(name, out.data_ptr())
+                outputs[name] = out
+            self.stream.wait_stream(caller)  # inputs and outputs were made on the caller's
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed (see its log)")
+            for v in (*keep, *outputs.values()):  # used on our stream: keep until it is done
+                v.record_stream(self.stream)
+            caller.wait_stream(self.stream)
+            if as_numpy:
+                self.stream.synchronize()
+                return {k: v.cpu().numpy() for k, v in outputs.items()}
         return outputs
 
     __call__ = run

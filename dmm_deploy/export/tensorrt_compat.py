@@ -4,21 +4,28 @@ The operator tables live in ``dmm_deploy/export/data/tensorrt_onnx_ops.json`` (t
 and limits are written in that file): one table for TensorRT 10.0-10.14 (10.3 is the version
 of JetPack 6) and one for 10.15 and 11.x. :func:`check_tensorrt` reports, as readable lines:
 
-* operators outside the table of that version (or known unsupported), operators of domains
-  TensorRT has no importer for, custom-domain nodes that no known plugin provides;
+* operators outside the table of that version (or known unsupported, or newer than that
+  version: Swish needs 11.0), operators of domains TensorRT has no importer for,
+  custom-domain nodes that no known plugin provides;
 * an opset outside the parser's range;
-* Reduce axes (and the other inputs the parser needs as build-time constants) that are not
-  initializers;
+* Reduce axes (and the other inputs the parser needs as build-time constants in that version)
+  that are not initializers;
 * ``Loop``/``Scan``/``If`` nodes (the matcher is exported unrolled; their presence means the
   export went wrong);
 * float64 and other tensor types TensorRT does not compute in (inputs, outputs, initializers,
   annotated intermediates, ``Cast`` targets, constants);
 * graph inputs that are not tensors or have no fixed rank.
+
+It also holds the two TensorRT helpers every other export module uses without importing
+TensorRT at module level: :func:`import_tensorrt` and :func:`trt_version_tuple`, and
+:func:`tensorrt_verdicts`, the exports' printed verdict. This module imports no other module of
+``dmm_deploy.export`` (it is the bottom of that package's one-way import order).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -28,11 +35,16 @@ import onnx
 from onnx import TensorProto
 
 __all__ = [
+    "INSTALL_HINT",
     "KNOWN_PLUGINS",
+    "VERDICT_VERSIONS",
     "OperatorTable",
     "check_tensorrt",
+    "import_tensorrt",
     "operator_table",
     "structural_problems",
+    "tensorrt_verdicts",
+    "trt_version_tuple",
 ]
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -41,6 +53,29 @@ CONTROL_FLOW_OPS = ("Loop", "Scan", "If")
 # The matcher plugin is a "quickly deployable" Python plugin with an ahead-of-time kernel.
 KNOWN_PLUGINS = {("dmm_deploy", "dmm_match"): (10, 9)}
 MAX_LISTED = 8
+VERDICT_VERSIONS = ("10.3", "11.0")  # JetPack 6's TensorRT and the current major
+INSTALL_HINT = (
+    "TensorRT's Python package is needed for this: pip install 'dmm-deploy[trt]' "
+    "(or use the tensorrt package of your JetPack / NGC container)"
+)
+
+
+def import_tensorrt():
+    """``import tensorrt``, or an ``ImportError`` that says how to install it."""
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise ImportError(INSTALL_HINT) from e
+    return tensorrt
+
+
+def trt_version_tuple(version: str) -> tuple[int, int]:
+    """``"10.3.0.26"`` -> ``(10, 3)``."""
+    parts = str(version).split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise ValueError(f"cannot read a TensorRT version from {version!r}") from None
 
 
 @dataclass(frozen=True)
@@ -54,6 +89,7 @@ class OperatorTable:
     opset_max: int
     supported: frozenset[str]
     unsupported: frozenset[str]
+    since: dict[str, tuple[int, int]]  # operators this table lists from a later release on
 
 
 @lru_cache(maxsize=1)
@@ -101,6 +137,7 @@ def operator_table(trt_version: str = "10.3") -> OperatorTable:
         opset_max=t["opset_max"],
         supported=frozenset(t["supported"]),
         unsupported=frozenset(t["unsupported"]),
+        since={op: _parse_version(v) for op, v in t.get("since", {}).items()},
     )
 
 
@@ -147,6 +184,7 @@ def _check_operators(model, table: OperatorTable, version: tuple[int, int], trt_
     problems: list[str] = []
     unsupported: dict[str, list[str]] = {}
     unknown: dict[str, list[str]] = {}
+    newer: dict[str, list[str]] = {}
     for graph in _graphs(model.graph):
         for node in graph.node:
             domain, op = node.domain, node.op_type
@@ -155,6 +193,8 @@ def _check_operators(model, table: OperatorTable, version: tuple[int, int], trt_
                     unsupported.setdefault(op, []).append(node.name)
                 elif op not in table.supported:
                     unknown.setdefault(op, []).append(node.name)
+                elif op in table.since and version < table.since[op]:
+                    newer.setdefault(op, []).append(node.name)
             elif domain in data["unsupported_domains"]:
                 problems.append(
                     f"{_node_label(node)} of domain {domain!r}: {data['unsupported_domains'][domain]}"
@@ -177,6 +217,12 @@ def _check_operators(model, table: OperatorTable, version: tuple[int, int], trt_
             f"operator {op} is not supported by the TensorRT {trt_version} ONNX parser "
             f"({len(names)} node(s))"
         )
+    for op, names in sorted(newer.items()):
+        since = ".".join(map(str, table.since[op]))
+        problems.append(
+            f"operator {op} is supported by TensorRT's ONNX parser from {since} on, not by "
+            f"{trt_version} ({len(names)} node(s))"
+        )
     for op, names in sorted(unknown.items()):
         problems.append(
             f"operator {op} is not in the TensorRT {trt_version} ONNX operator table "
@@ -185,10 +231,11 @@ def _check_operators(model, table: OperatorTable, version: tuple[int, int], trt_
     return problems
 
 
-def structural_problems(model: onnx.ModelProto) -> list[str]:
-    """Problems of structure, whatever the TensorRT version: control flow (``Loop``/``Scan``/
-    ``If``, also in subgraphs) and inputs the parser needs as build-time constants (Reduce axes
-    as initializers, ...) that are not. Every export runs this check.
+def structural_problems(model: onnx.ModelProto, trt_version: str | None = None) -> list[str]:
+    """Problems of structure: control flow (``Loop``/``Scan``/``If``, also in subgraphs) and
+    inputs the parser needs as build-time constants (Reduce axes as initializers, ...) that are
+    not. ``trt_version``: apply the constant-input rules of that version's table only (default:
+    every rule of every table). Every export runs this check.
     """
     problems = [
         f"{_node_label(node)}: control flow; TensorRT takes it only with restrictions and "
@@ -197,11 +244,16 @@ def structural_problems(model: onnx.ModelProto) -> list[str]:
         for node in graph.node
         if node.domain in DEFAULT_DOMAINS and node.op_type in CONTROL_FLOW_OPS
     ]
-    return problems + _check_constant_inputs(model)
+    return problems + _check_constant_inputs(model, trt_version)
 
 
-def _check_constant_inputs(model) -> list[str]:
-    rules = _data()["constant_inputs"]
+def _check_constant_inputs(model, trt_version: str | None = None) -> list[str]:
+    table = operator_table(trt_version).name if trt_version is not None else None
+    rules = {
+        op: rule
+        for op, rule in _data()["constant_inputs"].items()
+        if table is None or table in rule.get("tables", (table,))
+    }
     problems = []
     for graph in _graphs(model.graph):
         inits = {t.name for t in graph.initializer}
@@ -289,7 +341,24 @@ def check_tensorrt(model_or_path, trt_version: str = "10.3") -> list[str]:
                 f"{table.opset_min}..{table.opset_max}"
             )
     problems += _check_operators(model, table, version, trt_version)
-    problems += structural_problems(model)
+    problems += structural_problems(model, trt_version)
     problems += _check_types(model)
     problems += _check_inputs(model)
     return problems
+
+
+def tensorrt_verdicts(
+    model, log: Callable[[str], None] = print, versions: tuple[str, ...] = VERDICT_VERSIONS
+) -> int:
+    """Print one verdict line per TensorRT version in ``versions`` (default 10.3, JetPack 6's,
+    and 11.0); return 1 if any version reports a problem, else 0 (every check counts)."""
+    code = 0
+    for version in versions:
+        problems = check_tensorrt(model, trt_version=version)
+        verdict = (
+            "OK" if not problems else f"{len(problems)} problem(s): " + "; ".join(problems[:3])
+        )
+        log(f"tensorrt  {version}: {verdict}")
+        if problems:
+            code = 1
+    return code

@@ -10,43 +10,53 @@ TensorRT embeds that kernel in the engine, so the engine then runs in any Tensor
   ``dmm_match`` of domain ``dmm_deploy``, attributes ``n_grad``, ``n_proj``, ``lr``,
   ``block_n``, ``block_m`` and, for TensorRT's ONNX parser, ``plugin_namespace="dmm_deploy"``,
   ``plugin_version="1"`` and ``aot=1`` (use the AOT implementation).
-* :func:`register_plugin`: registers ``dmm_deploy::dmm_match`` with TensorRT (descriptor:
-  the output is like ``cost``; AOT implementation: :mod:`dmm_deploy.export._plugin_kernel`
-  compiled for the build GPU's architecture).
+* :func:`register_plugin`: registers ``dmm_deploy::dmm_match`` with TensorRT (descriptor,
+  type combinations, AOT implementation: :mod:`dmm_deploy.export._plugin_kernel` compiled for
+  the build GPU's architecture) after :func:`~dmm_deploy.export._plugin_kernel.
+  check_supported_pair` accepted the installed TensorRT and Triton.
+* :func:`plugin_cache_fields`: what of the plugin keys the engine cache (kernel sources,
+  Triton version, PTX digest).
 
 The kernel tile is fixed at build time by ``block_n``/``block_m`` (powers of two): an engine
 is correct for ``n <= block_n`` and ``m <= block_m``, which :func:`check_plugin_profile`
 checks against the optimization profile before a build. The kernel computes in float32 and
 stores in the I/O type, so float16 I/O gives the ``mixed`` precision of the unrolled export.
 
-Status: written against the documented ``tensorrt.plugin`` API; the PTX compilation and the
-ONNX node are tested without a GPU, the TensorRT build and run are not executed here.
+The registration functions carry real (not string) annotations: NVIDIA's ``tensorrt.plugin``
+validates them with ``issubclass``, so this module must not use postponed annotations.
+
+Status: registration, type combinations and the AOT implementation run through NVIDIA's own
+``tensorrt.plugin`` package (from the ``tensorrt-cu12-bindings`` wheel) over a stand-in
+TensorRT core in the tests; no TensorRT build or run has executed.
 """
 
-from __future__ import annotations
-
-import os
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 from onnx import TensorProto, helper
 
+from dmm_deploy.export.tensorrt_compat import import_tensorrt
+
 __all__ = [
-    "MIN_TENSORRT",
+    "DEFAULT_MAX_M",
+    "DEFAULT_MAX_N",
     "PLUGIN_DOMAIN",
     "PLUGIN_ID",
     "PLUGIN_OP",
     "check_plugin_profile",
     "launch_config",
     "make_plugin_model",
+    "plugin_cache_fields",
+    "plugin_kernel",
     "register_plugin",
-    "run_plugin_export",
+    "tensorrt_cuda_major",
 ]
 
 PLUGIN_DOMAIN = "dmm_deploy"
 PLUGIN_OP = "dmm_match"
 PLUGIN_ID = f"{PLUGIN_DOMAIN}::{PLUGIN_OP}"
-MIN_TENSORRT = (10, 9)
 DEFAULT_MAX_N, DEFAULT_MAX_M = 16, 512
 _ELEMENTS_PER_PROGRAM = 4096
 _registered = False
@@ -148,27 +158,90 @@ def check_plugin_profile(onnx_path: str | Path, profile) -> None:
         )
 
 
+def plugin_io_dtype(model: onnx.ModelProto) -> str:
+    """``"fp16"`` or ``"fp32"``: the plugin graph's I/O element type."""
+    elem = model.graph.input[0].type.tensor_type.elem_type
+    return "fp16" if elem == TensorProto.FLOAT16 else "fp32"
+
+
+# -- the kernel, compiled once per configuration --------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def plugin_kernel(arch: int, block_n: int, block_m: int, lr: float, dtype: str):
+    """The AOT kernel (:class:`~dmm_deploy.export._plugin_kernel.PluginKernel`) for one tile,
+    ``lr``, I/O dtype and ``sm_<arch>``, with :func:`launch_config`'s packing and warps."""
+    from dmm_deploy.export._plugin_kernel import compile_plugin_ptx
+
+    problems, warps = launch_config(block_n, block_m)
+    return compile_plugin_ptx(
+        arch, block_n, block_m, lr, dtype=dtype, problems=problems, num_warps=warps
+    )
+
+
+def plugin_cache_fields(onnx_path: str | Path, arch: int) -> dict:
+    """What of the plugin keys an engine cache entry: the kernel sources' digest, the Triton
+    version and the digest of the PTX compiled for ``sm_<arch>`` from this graph's node."""
+    import triton
+
+    from dmm_deploy.export._plugin_kernel import kernel_source_digest
+
+    model = onnx.load(str(onnx_path))
+    attrs = _plugin_attrs(model)
+    kernel = plugin_kernel(
+        arch, attrs["block_n"], attrs["block_m"], float(attrs["lr"]), plugin_io_dtype(model)
+    )
+    return {
+        "kernel_source": kernel_source_digest(),
+        "triton": triton.__version__,
+        "ptx": kernel.digest,
+    }
+
+
+def tensorrt_cuda_major(default: int = 12) -> int:
+    """The CUDA major version of the installed TensorRT wheel (``tensorrt-cu11/12/13``), or
+    ``default`` where the package metadata does not say (JetPack, containers: CUDA 12)."""
+    from importlib import metadata
+
+    for dist in metadata.distributions():
+        name = (dist.metadata.get("Name") or "").lower().replace("_", "-")
+        for major in (11, 12, 13):
+            if name.startswith(f"tensorrt-cu{major}"):
+                return major
+    return default
+
+
+def _cuda_arch() -> int:
+    """The current CUDA device's ``10 * major + minor`` (through torch)."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor
+
+
 # -- registration with TensorRT (needs TensorRT >= 10.9 and, for the build, a GPU) ----------
 
 
-def register_plugin() -> None:
-    """Register ``dmm_deploy::dmm_match`` (descriptor, tactics, AOT kernel) with TensorRT.
+def register_plugin(arch: int | None = None, arch_fn: Callable[[], int] | None = None) -> None:
+    """Register ``dmm_deploy::dmm_match`` (descriptor, type combinations, AOT kernel).
 
-    Idempotent. Raises ``ImportError`` without TensorRT (or one older than 10.9, which has no
-    ``tensorrt.plugin`` AOT support).
+    arch: the ``sm_XY`` the kernel is compiled for; default: the build GPU's, read when
+        TensorRT asks for the kernel (``arch_fn``, default through torch).
+    Idempotent. Raises ``ImportError`` without TensorRT and ``ValueError`` (one line naming
+    both versions) for a TensorRT/Triton pair the AOT plugin does not support.
     """
     global _registered
     if _registered:
         return
-    from dmm_deploy.export.tensorrt import import_tensorrt, trt_version_tuple
+    import triton
+
+    from dmm_deploy.export._plugin_kernel import check_supported_pair
 
     trt = import_tensorrt()
-    if trt_version_tuple(trt.__version__) < MIN_TENSORRT:
-        raise ImportError(
-            f"the {PLUGIN_ID} plugin needs TensorRT >= {MIN_TENSORRT[0]}.{MIN_TENSORRT[1]} "
-            f"(ahead-of-time quickly deployable plugins), found {trt.__version__}"
-        )
+    check_supported_pair(trt.__version__, triton.__version__, tensorrt_cuda_major())
     import tensorrt.plugin as trtp
+
+    get_arch = (lambda: arch) if arch is not None else (arch_fn or _cuda_arch)
 
     @trtp.register(PLUGIN_ID)
     def _desc(
@@ -183,9 +256,11 @@ def register_plugin() -> None:
         return cost.like()
 
     @trtp.autotune(PLUGIN_ID)
-    def _autotune(cost: trtp.TensorDesc, x_init: trtp.TensorDesc, outputs) -> list:
-        # cost, x_init and the output share one type: float32 or float16
-        return [trtp.AutoTuneCombination("FP32|FP16, FP32|FP16, FP32|FP16")]
+    def _autotune(
+        cost: trtp.TensorDesc, x_init: trtp.TensorDesc, outputs: tuple[trtp.TensorDesc]
+    ) -> list[trtp.AutoTuneCombination]:
+        # cost, x_init and the output share one type, float32 or float16; linear layout
+        return [trtp.AutoTuneCombination("FP32|FP16, FP32|FP16, FP32|FP16", "LINEAR")]
 
     @trtp.aot_impl(PLUGIN_ID)
     def _aot(
@@ -196,89 +271,20 @@ def register_plugin() -> None:
         lr: float,
         block_n: int,
         block_m: int,
-        outputs,
+        outputs: tuple[trtp.TensorDesc],
         tactic: int,
-    ):
-        import torch
-
-        from dmm_deploy.export._plugin_kernel import compile_plugin_ptx
-
-        major, minor = torch.cuda.get_device_capability()
-        problems, warps = launch_config(block_n, block_m)
+    ) -> tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymExprs]:
         dtype = "fp32" if cost.dtype == trt.float32 else "fp16"
-        compiled = compile_plugin_ptx(
-            10 * major + minor,
-            block_n,
-            block_m,
-            lr,
-            dtype=dtype,
-            problems=problems,
-            num_warps=warps,
-        )
+        kernel = plugin_kernel(get_arch(), block_n, block_m, float(lr), dtype)
         dims = cost.shape_expr  # (B, n, m), symbolic
         launch = trtp.KernelLaunchParams()
-        launch.grid_x = trtp.cdiv(dims[0], problems)
-        launch.block_x = 32 * compiled.metadata.num_warps
-        launch.shared_mem = compiled.metadata.shared
+        launch.grid_x = trtp.cdiv(dims[0], kernel.problems)
+        launch.block_x = 32 * kernel.num_warps
+        launch.shared_mem = kernel.shared
+        # TensorRT passes these between the input and the output pointers (the kernel's order)
         extra = trtp.SymIntExprs.from_tuple(
             [trtp.SymInt32(e) for e in (dims[0], dims[1], dims[2], n_grad, n_proj)]
         )
-        return (
-            compiled.metadata.name.encode(),
-            compiled.asm["ptx"].encode(),
-            launch,
-            extra,
-        )
+        return kernel.name, kernel.ptx, launch, extra
 
     _registered = True
-
-
-# -- the export job's plugin path -----------------------------------------------------------
-
-
-def run_plugin_export(options, out: str | Path, log=print, archs: tuple[int, ...] = (80, 87, 90)):
-    """Export the plugin graph, check it, compile its kernel for ``archs``; return the exit code.
-
-    ``options`` is the export's :class:`~dmm_deploy.export.onnx_export.ExportOptions`
-    (``precision`` fp16 or mixed give float16 I/O). Compilation needs Triton, not a GPU.
-    """
-    from dmm_deploy.export.matcher_job import tensorrt_verdicts
-    from dmm_deploy.export.onnx_export import export_matcher
-
-    if not options.plugin:
-        raise ValueError("run_plugin_export needs ExportOptions(plugin=True)")
-    out = Path(out)
-    model = export_matcher(out, options)
-    attrs = _plugin_attrs(model)
-    log(
-        f"exported  {out}  ({os.path.getsize(out)} bytes, one {PLUGIN_ID} node, "
-        f"{'float16' if options.precision != 'fp32' else 'float32'} I/O)"
-    )
-    log(
-        f"plugin    n_grad={attrs['n_grad']} n_proj={attrs['n_proj']} lr={attrs['lr']:.6g}, "
-        f"tile {attrs['block_n']}x{attrs['block_m']} (serves n <= {attrs['block_n']}, "
-        f"m <= {attrs['block_m']}), aot={attrs['aot']}"
-    )
-    code = tensorrt_verdicts(model, log, tolerated=("10.3",))  # 10.3 has no AOT plugins
-    from dmm_deploy.export._plugin_kernel import compile_plugin_ptx
-
-    problems_pp, warps = launch_config(attrs["block_n"], attrs["block_m"])
-    dtype = "fp16" if options.precision != "fp32" else "fp32"
-    for arch in archs:
-        compiled = compile_plugin_ptx(
-            arch,
-            attrs["block_n"],
-            attrs["block_m"],
-            attrs["lr"],
-            dtype=dtype,
-            problems=problems_pp,
-            num_warps=warps,
-        )
-        ptx = compiled.asm["ptx"]
-        log(
-            f"ptx       sm_{arch}: {compiled.metadata.name}, {len(ptx) // 1024} KiB, "
-            f"{problems_pp} problem(s) x {warps} warp(s) per program"
-        )
-    log("note      build with: dmm-deploy trt-build --plugin (TensorRT >= 10.9, GPU); not run here")
-    log("result    OK" if code == 0 else "result    FAILED")
-    return code

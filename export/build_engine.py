@@ -5,7 +5,9 @@
         [--opt-level 3] [--weak-fp16] [--plugin] [--cache-dir DIR] [--timing-cache FILE]
 
 Engines are cached under ``--cache-dir``, keyed on the builder options, the ONNX bytes, the
-TensorRT version and the GPU name (see ``dmm_deploy.export.tensorrt``).
+TensorRT version and the GPU name, and for ``--plugin`` builds also on the kernel sources, the
+Triton version and the PTX (see ``dmm_deploy.export.tensorrt``). A graph exported with
+``--static BxNxM`` is built with a profile of exactly that shape.
 """
 
 import argparse

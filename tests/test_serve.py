@@ -1,0 +1,555 @@
+"""Serving many streams: the stream table on its own, and a real Triton Inference Server
+(started and stopped here, loopback only) against the offline runtime.
+
+The server tests need the ``serve`` extra (nvidia-pytriton's ``tritonserver``, tritonclient)
+in an environment made from the system Python the backend stub links (see
+:func:`dmm_deploy.serve.tritonserver.server_problem`); they skip with that reason elsewhere.
+The bundle is ``$DMM_SERVE_BUNDLE`` when set (the torch-free CI environment), else a small
+random-weight bundle exported here with torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("onnxruntime")
+
+from dmm_deploy.data import read_frame, read_mask
+from dmm_deploy.runtime import PrecomputedDetections, Runtime, StreamingSegmenter
+from dmm_deploy.serve.streams import FrameRequest, StreamError, StreamTable
+
+N_DET = 12
+
+
+def write_detections(path: Path, n_frames: int, size: tuple[int, int], seed: int) -> Path:
+    """Mask R-CNN-like detections (blobs in random boxes) in the precomputed ``.npz`` format."""
+    h, w = size
+    rows: dict[str, list] = {k: [] for k in ("frame", "boxes", "scores", "masks")}
+    yy, xx = np.mgrid[0:28, 0:28] / 27.0
+    for i in range(n_frames):
+        g = np.random.default_rng((seed, i))
+        for _ in range(N_DET):
+            x, y = g.uniform(0, 0.8) * w, g.uniform(0, 0.8) * h
+            bw, bh = g.uniform(0.05, 0.4) * w, g.uniform(0.05, 0.4) * h
+            c, r = g.uniform(0.3, 0.7, 2), g.uniform(0.2, 0.5, 2)
+            rows["frame"].append(i)
+            rows["boxes"].append([x, y, x + bw, y + bh])
+            rows["scores"].append(g.uniform())
+            blob = np.clip(1.2 - ((xx - c[0]) / r[0]) ** 2 - ((yy - c[1]) / r[1]) ** 2, 0, 1)
+            rows["masks"].append(blob.astype(np.float32))
+    np.savez(
+        path,
+        frame=np.array(rows["frame"], np.int64),
+        boxes=np.array(rows["boxes"], np.float32),
+        scores=np.array(rows["scores"], np.float32),
+        masks=np.stack(rows["masks"]),
+        mask_kind=np.array("box"),
+        image_size=np.array([h, w], np.int64),
+        num_frames=np.array(n_frames, np.int64),
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory) -> Path:
+    env = os.environ.get("DMM_SERVE_BUNDLE")
+    if env:
+        return Path(env)
+    pytest.importorskip("torch", reason="no $DMM_SERVE_BUNDLE and no torch to export one")
+    import torch
+
+    from dmm_deploy.export.bundle import export_bundle
+    from dmm_deploy.model import DMMConfig, DMMNet
+
+    torch.manual_seed(0)
+    net = DMMNet(DMMConfig(backbone="resnet18", input_size=(96, 160))).eval()
+    out = tmp_path_factory.mktemp("serve-bundle")
+    export_bundle(net, out, log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def runtime(bundle_dir) -> Runtime:
+    return Runtime.open(bundle_dir, threads=1)
+
+
+def _shrink(a: np.ndarray, scale: int, resample) -> np.ndarray:
+    if scale == 1:
+        return a
+    h, w = a.shape[:2]
+    return np.asarray(Image.fromarray(a).resize((w // scale, h // scale), resample))
+
+
+class Video:
+    """``n`` frames of a sample video from frame ``start`` on, played back and forth where
+    the sample is shorter, with a detections file and annotations."""
+
+    def __init__(
+        self, root: Path, name: str, n: int, start: int, seed: int, tmp: Path, scale: int = 1
+    ):
+        every = sorted((root / "images" / name).glob("*.jpg"))
+        period = max(1, 2 * (len(every) - 1))
+        order = [(start + j) % period for j in range(n)]
+        paths = [every[k if k < len(every) else period - k] for k in order]
+        self.frames = [_shrink(read_frame(p), scale, Image.BILINEAR) for p in paths]
+        self.size = self.frames[0].shape[:2]
+        self.npz = write_detections(tmp / f"{name}-{start}-{seed}.npz", n, self.size, seed)
+        masks = root / "masks" / name
+        # frame 0's annotation: the sample's first mask; judo adds an object later (its 00008)
+        self.anns = {0: _shrink(read_mask(masks / "00000.png"), scale, Image.NEAREST)}
+        if name == "judo" and n > 3:
+            self.anns[3] = _shrink(read_mask(masks / "00008.png"), scale, Image.NEAREST)
+
+    def offline(self, rt: Runtime) -> list[np.ndarray]:
+        seg = StreamingSegmenter(rt, PrecomputedDetections(self.npz))
+        return list(seg.segment(self.frames, self.anns[0], self.anns))
+
+
+@pytest.fixture(scope="session")
+def videos(shared_dir, tmp_path_factory) -> list[Video]:
+    root = shared_dir / "data" / "vos_samples"
+    tmp = tmp_path_factory.mktemp("serve-videos")
+    specs = [("bike", 0, 1), ("judo", 0, 2), ("bike", 10, 3), ("judo", 20, 4)]
+    return [Video(root, name, 6, start, seed, tmp) for name, start, seed in specs]
+
+
+def assert_same_labels(got: list[np.ndarray], want: list[np.ndarray], what: str) -> None:
+    """Label maps equal to the offline runtime's (>= 99.99 % of the pixels of every frame:
+    batching changes the float summation order inside the graphs)."""
+    assert len(got) == len(want), what
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g.shape == w.shape and g.dtype == np.uint8, (what, i)
+        agree = float((g == w).mean())
+        assert agree >= 0.9999, f"{what}: frame {i} agrees on {agree:.5f} of the pixels"
+
+
+def test_serve_imports_no_torch_and_the_commands_are_light(repo_root):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dmm_deploy.serve.commands\n"
+        "heavy = [m for m in ('numpy', 'onnxruntime', 'tritonclient') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "import dmm_deploy.serve.streams, dmm_deploy.serve.repository, dmm_deploy.serve.client\n"
+        "import dmm_deploy.serve.tritonserver, dmm_deploy.serve.protocol\n"
+        "bad = [m for m in ('torch', 'torchvision', 'dmm_deploy.model', 'dmm_deploy.matching',"
+        " 'kernels') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)
+
+
+# -- the stream table without a server -------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _request(video: Video, sid: str, i: int, src: PrecomputedDetections, **kw) -> FrameRequest:
+    return FrameRequest(
+        sid,
+        video.frames[i],
+        video.anns.get(i),
+        start=i == 0,
+        detections=src.detect(i, video.frames[i]),
+        **kw,
+    )
+
+
+@pytest.mark.slow  # exports a bundle first where $DMM_SERVE_BUNDLE is not set
+def test_table_batches_streams_and_matches_offline(runtime, videos):
+    table = StreamTable(runtime, max_streams=4, idle_timeout=60)
+    srcs = [PrecomputedDetections(v.npz) for v in videos]
+    got: list[list[np.ndarray]] = [[] for _ in videos]
+    for i in range(4):
+        reqs = [_request(v, f"s{k}", i, srcs[k]) for k, v in enumerate(videos)]
+        for k, res in enumerate(table.process(reqs)):
+            assert isinstance(res, np.ndarray), res
+            got[k].append(res)
+    for k, v in enumerate(videos):
+        seg = StreamingSegmenter(runtime, PrecomputedDetections(v.npz))
+        want = list(seg.segment(v.frames[:4], v.anns[0], v.anns))
+        assert_same_labels(got[k], want, f"stream {k}")
+    s = table.stats
+    assert (s.frames, s.calls, s.batched_frames, s.batch_sizes) == (16, 4, 16, {4: 4})
+
+
+@pytest.mark.slow
+def test_table_refuses_bad_requests_alone(runtime, videos):
+    """Each bad request gets its own error; the good request of the same call is served and
+    the stream states are untouched."""
+    clock = Clock()
+    table = StreamTable(runtime, max_streams=2, idle_timeout=10, clock=clock)
+    v = videos[0]
+    src = PrecomputedDetections(v.npz)
+    assert isinstance(table.process([_request(v, "a", 0, src)])[0], np.ndarray)
+    f1 = v.frames[1]
+    det1 = src.detect(1, f1)
+    small = np.ascontiguousarray(f1[:100, :200])
+    bad = [
+        FrameRequest("b", f1, None, detections=det1),  # unknown stream, no start
+        FrameRequest("c", f1, None, start=True, detections=det1),  # start without annotation
+        FrameRequest("a", small, None, detections=det1),  # size change mid-stream
+        FrameRequest("d", f1.astype(np.float32), v.anns[0], start=True, detections=det1),
+        FrameRequest("e", f1[..., :2].copy(), v.anns[0], start=True, detections=det1),
+        FrameRequest("f", f1, v.anns[0][:10], start=True, detections=det1),
+        FrameRequest("g", f1, v.anns[0], start=True),  # no detections (bundle has no detector)
+        FrameRequest(
+            "h", f1, v.anns[0], start=True, detections=det1._replace(boxes=det1.boxes[:, :3])
+        ),
+    ]
+    good = FrameRequest("a", f1, None, detections=det1)
+    out = table.process([*bad, good])
+    msgs = [str(e) for e in out[:-1]]
+    assert all(isinstance(e, StreamError) for e in out[:-1]), msgs
+    for m, pat in zip(
+        msgs,
+        [
+            "unknown",
+            "needs an annotation",
+            "size changed",
+            "uint8",
+            r"\(H, W, 3\)",
+            "annotation must be",
+            "detections",
+            "boxes \\(N, 4\\)",
+        ],
+        strict=True,
+    ):
+        assert re.search(pat, m), (pat, m)
+    assert isinstance(out[-1], np.ndarray)
+    assert table.live() == ["a"]
+    # --max-streams: a second stream fits, a third is refused, the first ones keep working
+    assert isinstance(table.process([_request(v, "b", 0, src)])[0], np.ndarray)
+    err = table.process([_request(v, "c", 0, src)])[0]
+    assert isinstance(err, StreamError) and "maximum of 2 streams" in str(err)
+    # idle expiry: "b" is refreshed, "a" is not; after the timeout only "a" is gone
+    clock.t = 6.0
+    assert isinstance(table.process([FrameRequest("b", f1, None, detections=det1)])[0], np.ndarray)
+    clock.t = 10.5
+    assert table.expire() == ["a"]
+    assert table.live() == ["b"] and table.stats.expired == 1
+    err = table.process([FrameRequest("a", f1, None, detections=det1)])[0]
+    assert isinstance(err, StreamError) and "expired" in str(err)
+
+
+@pytest.mark.slow
+def test_table_end_forgets_the_stream(runtime, videos):
+    table = StreamTable(runtime, max_streams=1, idle_timeout=10)
+    v = videos[1]
+    src = PrecomputedDetections(v.npz)
+    req = _request(v, "x", 0, src, end=True)
+    assert isinstance(table.process([req])[0], np.ndarray)
+    assert table.live() == [] and table.stats.ended == 1
+    # the slot is free again
+    assert isinstance(table.process([_request(v, "y", 0, src)])[0], np.ndarray)
+
+
+# -- a real server -----------------------------------------------------------------------
+
+
+def _server_or_skip():
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] not installed")
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed")
+    from dmm_deploy.serve.tritonserver import server_problem
+
+    why = server_problem()
+    if why is not None:
+        pytest.skip(f"Triton Inference Server cannot run here: {why}")
+
+
+def _start(repo: Path):
+    from dmm_deploy.serve.tritonserver import TritonServer, TritonServerError
+
+    srv = TritonServer(repo, startup_timeout=180)
+    try:
+        return srv.start()
+    except TritonServerError as e:
+        pytest.fail(f"server did not start: {e}")
+
+
+def metrics(srv) -> dict[str, float]:
+    with urllib.request.urlopen(srv.metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^(dmm_serve_\w+)(?:\{[^}]*\})? ([0-9.e+-]+)$", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(bundle_dir, tmp_path_factory):
+    _server_or_skip()
+    from dmm_deploy.serve.repository import write_serve_repository
+
+    repo = tmp_path_factory.mktemp("serve") / "repo"
+    write_serve_repository(bundle_dir, repo, max_streams=16, idle_timeout=120, threads=1)
+    srv = _start(repo)
+    yield srv
+    srv.stop()
+
+
+def _run_stream(url, protocol, sid, video: Video, out: dict, errors: list) -> None:
+    from dmm_deploy.serve.client import SegmentationClient
+
+    try:
+        with SegmentationClient(url, protocol) as c:
+            src = PrecomputedDetections(video.npz)
+            labels = c.segment(
+                sid,
+                video.frames,
+                video.anns[0],
+                video.anns,
+                detections=src,
+                num_frames=len(video.frames),
+            )
+            out[sid] = list(labels)
+    except Exception as e:  # reported by the test
+        errors.append(f"{sid}: {type(e).__name__}: {e}")
+
+
+def _concurrently(jobs: list[tuple], timeout: float = 300) -> list[str]:
+    out: dict = {}
+    errors: list[str] = []
+    threads = [threading.Thread(target=_run_stream, args=(*j, out, errors)) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a client thread did not finish in time"
+    return out, errors
+
+
+def test_four_concurrent_streams_equal_the_offline_runtime(server, runtime, videos):
+    before = metrics(server)
+    jobs = [
+        (*((server.grpc_url, "grpc") if k % 2 == 0 else (server.http_url, "http")), f"cam-{k}", v)
+        for k, v in enumerate(videos)
+    ]
+    got, errors = _concurrently(jobs)
+    assert not errors, errors
+    for k, v in enumerate(videos):
+        assert_same_labels(got[f"cam-{k}"], v.offline(runtime), f"cam-{k}")
+    after = metrics(server)
+    frames = after["dmm_serve_frames"] - before["dmm_serve_frames"]
+    batched = after["dmm_serve_batched_frames"] - before["dmm_serve_batched_frames"]
+    assert frames == 4 * 6
+    assert batched > 0, "no two streams ever shared a step"
+    assert after["dmm_serve_streams"] == 0  # every stream ended with its last frame
+
+
+def test_malformed_requests_get_errors_and_leave_others_alone(server, runtime, videos):
+    from dmm_deploy.serve.client import SegmentationClient, ServerError
+
+    v = videos[2]
+    src = PrecomputedDetections(v.npz)
+    f = v.frames[1]
+    det = src.detect(1, f)
+    bad = {
+        "dtype": dict(frame=f.astype(np.float32), annotation=v.anns[0], start=True),
+        "shape": dict(
+            frame=np.zeros((*f.shape[:2], 4), np.uint8), annotation=v.anns[0], start=True
+        ),
+        "no start": dict(frame=f),
+        "no annotation": dict(frame=f, start=True),
+    }
+    # a good stream runs in a thread while the bad requests arrive
+    got, errors = {}, []
+    t = threading.Thread(target=_run_stream, args=(server.grpc_url, "grpc", "good", v, got, errors))
+    t.start()
+    msgs = {}
+    with SegmentationClient(server.grpc_url) as c:
+        for name, kw in bad.items():
+            with pytest.raises(ServerError) as e:
+                c.infer(f"bad-{name}", detections=det, **kw)
+            msgs[name] = str(e.value)
+        # frame size change mid-stream: the stream keeps working with its own size after it
+        c.infer("resize", v.frames[0], v.anns[0], start=True, detections=src.detect(0, v.frames[0]))
+        with pytest.raises(ServerError) as e:
+            c.infer("resize", np.ascontiguousarray(f[:240, :427]), detections=det)
+        msgs["size change"] = str(e.value)
+        assert c.infer("resize", f, detections=det, end=True).shape == f.shape[:2]
+    t.join(300)
+    assert not errors, errors
+    assert "FP32" in msgs["dtype"] and "UINT8" in msgs["dtype"]
+    assert "shape" in msgs["shape"] or "dims" in msgs["shape"], msgs["shape"]
+    assert "START" in msgs["no start"] or "unknown" in msgs["no start"], msgs["no start"]
+    assert "annotation" in msgs["no annotation"]
+    assert "size changed" in msgs["size change"]
+    assert_same_labels(got["good"], v.offline(runtime), "good stream")
+
+
+@pytest.mark.slow
+def test_load_eight_streams_twenty_frames(server, shared_dir, tmp_path):
+    """8 streams x 20 frames at once: every frame answered, none lost; the figures printed."""
+    root = shared_dir / "data" / "vos_samples"
+    vids = [
+        Video(root, "bike" if k % 2 else "judo", 20, k, 10 + k, tmp_path, scale=2) for k in range(8)
+    ]
+    before = metrics(server)
+    t0 = time.perf_counter()
+    got, errors = _concurrently(
+        [(server.grpc_url, "grpc", f"load-{k}", v) for k, v in enumerate(vids)]
+    )
+    dt = time.perf_counter() - t0
+    assert not errors, errors
+    assert sorted(got) == sorted(f"load-{k}" for k in range(8))
+    for k, v in enumerate(vids):
+        labels = got[f"load-{k}"]
+        assert len(labels) == 20 and all(lab.shape == v.size for lab in labels)
+    after = metrics(server)
+    frames = after["dmm_serve_frames"] - before["dmm_serve_frames"]
+    batched = after["dmm_serve_batched_frames"] - before["dmm_serve_batched_frames"]
+    calls = after["dmm_serve_calls"] - before["dmm_serve_calls"]
+    assert frames == 160
+    print(
+        f"\nload: 8 streams x 20 frames in {dt:.1f} s: {frames / dt:.1f} frames/s, "
+        f"{calls:.0f} batched steps (mean {frames / calls:.2f} frames/step), "
+        f"{batched / frames:.0%} of frames ran batched with another stream"
+    )
+
+
+def test_idle_stream_expires_and_max_streams_holds(bundle_dir, videos, tmp_path):
+    """A client that disappears mid-stream: its state is dropped after the idle timeout (the
+    server's gauge falls to 0), its next frame is refused; --max-streams refuses a third
+    stream while two live, and admits it once they expired."""
+    _server_or_skip()
+    from dmm_deploy.serve.client import SegmentationClient, ServerError
+    from dmm_deploy.serve.repository import write_serve_repository
+
+    repo = write_serve_repository(
+        bundle_dir, tmp_path / "repo", max_streams=2, idle_timeout=1.5, threads=1
+    )
+    srv = _start(repo)
+    try:
+        v = videos[0]
+        src = PrecomputedDetections(v.npz)
+        with SegmentationClient(srv.grpc_url) as c:
+            for sid in ("a", "b"):
+                c.infer(
+                    sid, v.frames[0], v.anns[0], start=True, detections=src.detect(0, v.frames[0])
+                )
+            with pytest.raises(ServerError, match="maximum of 2 streams"):
+                c.infer(
+                    "c", v.frames[0], v.anns[0], start=True, detections=src.detect(0, v.frames[0])
+                )
+            c.infer("a", v.frames[1], detections=src.detect(1, v.frames[1]))
+            assert metrics(srv)["dmm_serve_streams"] == 2
+            # both clients go away without ending their streams
+            deadline = time.monotonic() + 15
+            while metrics(srv)["dmm_serve_streams"] > 0 and time.monotonic() < deadline:
+                time.sleep(0.25)
+            m = metrics(srv)
+            assert m["dmm_serve_streams"] == 0 and m["dmm_serve_expired"] == 2
+            with pytest.raises(ServerError):
+                c.infer("a", v.frames[2], detections=src.detect(2, v.frames[2]))
+            lab = c.infer(
+                "c", v.frames[0], v.anns[0], start=True, detections=src.detect(0, v.frames[0])
+            )
+            assert lab.shape == v.size
+    finally:
+        srv.stop()
+
+
+def test_client_command_writes_the_offline_label_maps(server, runtime, shared_dir, tmp_path):
+    import argparse
+
+    from dmm_deploy.serve.commands import add_client_args, run_client
+
+    root = shared_dir / "data" / "vos_samples"
+    frames = sorted((root / "images" / "bike").glob("*.jpg"))
+    size = read_frame(frames[0]).shape[:2]
+    npz = write_detections(tmp_path / "bike.npz", len(frames), size, seed=7)
+    p = argparse.ArgumentParser()
+    add_client_args(p)
+    args = p.parse_args(
+        [
+            "--url",
+            server.grpc_url,
+            "--frames",
+            str(root / "images" / "bike"),
+            "--mask",
+            str(root / "masks" / "bike" / "00000.png"),
+            "--precomputed",
+            str(npz),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert run_client(args) == 0
+    got = [read_mask(tmp_path / "out" / f"{f.stem}.png") for f in frames]
+    seg = StreamingSegmenter(runtime, PrecomputedDetections(npz))
+    want = list(seg.segment(frames, read_mask(root / "masks" / "bike" / "00000.png")))
+    assert_same_labels(got, want, "client command")
+
+
+# -- the repository for a GPU server ---------------------------------------------------------
+
+
+@pytest.fixture
+def model_config_protobufs():
+    return pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="no tritonclient[grpc]")
+
+
+def test_triton_repo_configs_parse_and_batch(model_config_protobufs, bundle_dir, tmp_path):
+    from dmm_deploy.serve.repository import check_config, write_triton_repo
+
+    models = write_triton_repo(bundle_dir, tmp_path / "ort", platform="onnxruntime")
+    cfg = {n: check_config((d / "config.pbtxt").read_text()) for n, d in models.items()}
+    seg = cfg["dmm_segment"]
+    assert seg.backend == "python" and seg.sequence_batching.HasField("oldest")
+    assert seg.sequence_batching.max_sequence_idle_microseconds == 30_000_000
+    assert {c.name for c in seg.sequence_batching.control_input} == {"START", "END"}
+    assert cfg["dmm_encoder"].platform == "onnxruntime_onnx"
+    for stage in ("encoder", "match", "decoder"):
+        c = cfg[f"dmm_{stage}"]
+        assert c.max_batch_size == 16 and c.HasField("dynamic_batching"), stage
+        assert (models[f"dmm_{stage}"] / "1" / "model.onnx").is_file()
+    assert cfg["dmm_embed"].max_batch_size == 0  # boxes with a batch index: no batch axis
+    # the encoder's tensors without the batch axis, as the bundle declares them
+    enc = {t.name: list(t.dims) for t in cfg["dmm_encoder"].input}
+    assert enc["image"][0] == 3
+    trt = write_triton_repo(bundle_dir, tmp_path / "trt", platform="tensorrt_plan")
+    assert check_config((trt["dmm_encoder"] / "config.pbtxt").read_text()).platform == (
+        "tensorrt_plan"
+    )
+    with pytest.raises(ValueError, match="not empty"):
+        write_triton_repo(bundle_dir, tmp_path / "trt")
+    with pytest.raises(ValueError, match="not a valid Triton model configuration"):
+        check_config('name: "x" max_batch_size: "eight"')
+
+
+@pytest.mark.slow
+def test_triton_repo_runs_over_bls_on_the_local_server(bundle_dir, runtime, videos, tmp_path):
+    """The GPU repository's stream model, with its stages as Python-backend models on the
+    CPU, served here: two concurrent streams through BLS equal the offline runtime."""
+    _server_or_skip()
+    from dmm_deploy.serve.repository import write_triton_repo
+
+    write_triton_repo(bundle_dir, tmp_path / "repo", platform="python", max_streams=4)
+    srv = _start(tmp_path / "repo")
+    try:
+        got, errors = _concurrently([(srv.grpc_url, "grpc", f"bls-{k}", videos[k]) for k in (0, 1)])
+        assert not errors, errors
+        for k in (0, 1):
+            assert_same_labels(got[f"bls-{k}"], videos[k].offline(runtime), f"bls-{k}")
+        assert metrics(srv)["dmm_serve_frames"] == 12
+    finally:
+        srv.stop()

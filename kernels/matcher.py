@@ -623,15 +623,25 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def problems_per_program(batch: int, block_n: int, block_m: int, device: torch.device) -> int:
+def problems_per_program(
+    batch: int,
+    block_n: int,
+    block_m: int,
+    device: torch.device | None = None,
+    *,
+    sm_count: int | None = None,
+) -> int:
     """Problems one program solves: tiny problems are packed up to 4096 elements a program.
 
-    On a GPU packing stops while it would leave fewer than two programs per SM; under the
+    On a GPU packing stops while it would leave fewer than two programs per SM (``sm_count``
+    SMs when given, e.g. to plan for a GPU that is not here; else ``device``'s); under the
     interpreter (CPU tensors) packing is always as dense as allowed, which cuts Python overhead.
     """
     cap = max(1, _ELEMENTS_PER_PROGRAM // (block_n * block_m))
-    if device.type == "cuda":
-        per_sm = batch // (2 * _sm_count(device.index or 0))
+    if sm_count is None and device is not None and device.type == "cuda":
+        sm_count = _sm_count(device.index or 0)
+    if sm_count is not None:
+        per_sm = batch // (2 * sm_count)
         cap = min(cap, max(1, per_sm))
     cap = min(cap, triton.next_power_of_2(batch))
     return 1 << (cap.bit_length() - 1)  # a power of two
@@ -1075,6 +1085,7 @@ def compile_forward(
     batch: int | None = None,
     n: int | None = None,
     m: int | None = None,
+    variant: str = "listing1",
 ) -> AotKernel:
     """The forward kernel compiled for ``sm_<arch>`` ahead of time, without a GPU.
 
@@ -1088,13 +1099,14 @@ def compile_forward(
         save_bits: also write the bit planes for the backward; else those pointers may be null.
         dtype: "fp32", "fp16" or "bf16", the element type of cost, x_init and out.
         batch, n, m: optional exact shape to specialise for (see below).
+        variant: "listing1" or "original" (see the module docstring).
     {spec}
     In a process that imported triton under ``TRITON_INTERPRET=1`` (whose own ``tl.sum`` &
     co. are then interpreter functions) the compilation runs in a fresh Python process.
     """
     _check_aot(arch, block_n, block_m, dtype, problems, (batch, n, m))
     kwargs = dict(problems=problems, num_warps=num_warps, has_sizes=has_sizes)
-    kwargs.update(save_bits=save_bits, dtype=dtype, batch=batch, n=n, m=m)
+    kwargs.update(save_bits=save_bits, dtype=dtype, batch=batch, n=n, m=m, variant=variant)
     if _language_is_interpreted():
         return _compile_elsewhere(
             "compile_forward", dict(arch=arch, block_n=block_n, block_m=block_m, **kwargs)
@@ -1119,7 +1131,8 @@ def compile_forward(
         "BLOCK_N": block_n,
         "BLOCK_M": block_m,
     }
-    return _compile(_dmm_fwd_kernel, pointers, ints, constexprs, arch, num_warps)
+    kernel = _dmm_fwd_original_kernel if _check_variant(variant) else _dmm_fwd_kernel
+    return _compile(kernel, pointers, ints, constexprs, arch, num_warps)
 
 
 def compile_backward(
@@ -1134,6 +1147,7 @@ def compile_backward(
     batch: int | None = None,
     n: int | None = None,
     m: int | None = None,
+    variant: str = "listing1",
 ) -> AotKernel:
     """The backward kernel compiled for ``sm_<arch>`` ahead of time, without a GPU.
 
@@ -1142,7 +1156,7 @@ def compile_backward(
     {spec}"""
     _check_aot(arch, block_n, block_m, dtype, problems, (batch, n, m))
     kwargs = dict(problems=problems, num_warps=num_warps, has_sizes=has_sizes, dtype=dtype)
-    kwargs.update(batch=batch, n=n, m=m)
+    kwargs.update(batch=batch, n=n, m=m, variant=variant)
     if _language_is_interpreted():
         return _compile_elsewhere(
             "compile_backward", dict(arch=arch, block_n=block_n, block_m=block_m, **kwargs)
@@ -1165,7 +1179,8 @@ def compile_backward(
         "BLOCK_N": block_n,
         "BLOCK_M": block_m,
     }
-    return _compile(_dmm_bwd_kernel, pointers, ints, constexprs, arch, num_warps)
+    kernel = _dmm_bwd_original_kernel if _check_variant(variant) else _dmm_bwd_kernel
+    return _compile(kernel, pointers, ints, constexprs, arch, num_warps)
 
 
 compile_forward.__doc__ = compile_forward.__doc__.replace("{spec}", _SPECIALISATION_DOC)

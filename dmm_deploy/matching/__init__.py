@@ -2,10 +2,11 @@
 
 from dmm_deploy.matching.api import BACKENDS, DMMMatcher, dmm_match, triton_available
 from dmm_deploy.matching.assign import exact_assign, hard_assign
-from dmm_deploy.matching.reference import MatchInfo, greedy_init, match_reference
+from dmm_deploy.matching.reference import VARIANTS, MatchInfo, greedy_init, match_reference
 
 __all__ = [
     "BACKENDS",
+    "VARIANTS",
     "DMMMatcher",
     "MatchInfo",
     "dmm_match",

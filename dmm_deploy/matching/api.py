@@ -9,9 +9,16 @@ import os
 import torch
 from torch import nn
 
-from dmm_deploy.matching.reference import MatchInfo, greedy_init, match_reference, valid_mask
+from dmm_deploy.matching.reference import (
+    VARIANTS,
+    MatchInfo,
+    check_variant,
+    greedy_init,
+    match_reference,
+    valid_mask,
+)
 
-__all__ = ["BACKENDS", "DMMMatcher", "dmm_match", "triton_available"]
+__all__ = ["BACKENDS", "VARIANTS", "DMMMatcher", "dmm_match", "triton_available"]
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -100,6 +107,7 @@ def dmm_match(
     backend: str = "auto",
     return_info: bool = False,
     check_finite: bool = True,
+    variant: str = "listing1",
 ):
     """Differentiable mask matching (DMM-Net, Listing 1 of the supplement), batched.
 
@@ -127,6 +135,14 @@ def dmm_match(
         check_finite: reject NaN/Inf in ``cost``/``x_init`` (costs one device sync; turn off
             in hot loops whose inputs are known to be finite). Inside ``torch.compile`` this
             check and the range check of ``sizes`` are skipped (they would break the graph).
+        variant: ``"listing1"`` (default; the specification above) or ``"original"``: the
+            solver of the original DMM-Net code, which its released checkpoints were evaluated
+            with. It averages ``x_init`` and the iterates right after each gradient step (before
+            that step's projections), each cycle projects non-negativity, then columns, then
+            rows, and it stops early per problem: a cycle that leaves ``X`` exactly unchanged
+            ends its outer step, and an outer step whose ``||X * C||`` (after the gradient
+            step) equals the previous one's (0 before the first) is the last. The exits are
+            per-problem masks (no data-dependent control flow), in every backend.
 
     Returns:
         The mean of the iterates, same shape and dtype as ``cost``; with ``return_info`` a
@@ -146,6 +162,7 @@ def dmm_match(
     n_grad = _check_positive_int("n_grad", n_grad)
     n_proj = _check_positive_int("n_proj", n_proj)
     lr = _check_lr(lr)
+    variant = check_variant(variant)
     squeeze = cost.ndim == 2
     c3 = cost.unsqueeze(0) if squeeze else cost
     b, n, m = c3.shape
@@ -184,11 +201,11 @@ def dmm_match(
             _check_finite("x_init", x3, valid)
 
     if return_info or backend == "torch":
-        res = match_reference(c3, x3, n_grad, n_proj, lr, sizes, return_info)
+        res = match_reference(c3, x3, n_grad, n_proj, lr, sizes, return_info, variant=variant)
     else:
         from dmm_deploy.matching.triton_backend import triton_match
 
-        res = triton_match(c3, x3, n_grad, n_proj, lr, sizes)
+        res = triton_match(c3, x3, n_grad, n_proj, lr, sizes, variant=variant)
     if return_info:
         out, info = res
         if squeeze:
@@ -199,7 +216,7 @@ def dmm_match(
 
 
 class DMMMatcher(nn.Module):
-    """The matching layer as a module; holds ``n_grad``, ``n_proj``, ``lr``, ``init``, ``backend``.
+    """The matching layer as a module: ``n_grad``, ``n_proj``, ``lr``, ``init``, ``backend``, ``variant``.
 
     ``forward(cost, x_init=None, sizes=None)`` calls :func:`dmm_match`; ``x_init=None`` uses
     the module's ``init`` (``"zeros"`` or ``"greedy"``).
@@ -212,6 +229,7 @@ class DMMMatcher(nn.Module):
         lr: float = 0.01,
         init: str = "zeros",
         backend: str = "auto",
+        variant: str = "listing1",
     ) -> None:
         super().__init__()
         self.n_grad = _check_positive_int("n_grad", n_grad)
@@ -223,6 +241,7 @@ class DMMMatcher(nn.Module):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.init = init
         self.backend = backend
+        self.variant = check_variant(variant)
 
     def forward(
         self,
@@ -240,10 +259,11 @@ class DMMMatcher(nn.Module):
             lr=self.lr,
             sizes=sizes,
             backend=self.backend,
+            variant=self.variant,
         )
 
     def extra_repr(self) -> str:
         return (
             f"n_grad={self.n_grad}, n_proj={self.n_proj}, lr={self.lr}, "
-            f"init={self.init!r}, backend={self.backend!r}"
+            f"init={self.init!r}, backend={self.backend!r}, variant={self.variant!r}"
         )

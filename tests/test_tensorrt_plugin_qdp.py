@@ -199,3 +199,60 @@ def test_compiled_ptx_fits_tensorrt_for_every_arch():
 def test_kernel_source_digest_is_stable():
     assert pk.kernel_source_digest() == pk.kernel_source_digest()
     assert len(pk.kernel_source_digest()) == 64
+
+
+@pytest.mark.gpu
+def test_plugin_ptx_runs_with_the_arguments_tensorrt_passes():
+    """On a GPU: the driver loads the PTX (ISA 8.0) and the kernel, launched the way TensorRT
+    launches an AOT plugin (exactly the 8 arguments, the launch parameters of the AOT
+    implementation, dynamic shared memory), matches the float64 reference."""
+    import ctypes
+    import ctypes.util
+
+    import torch
+
+    from dmm_deploy.matching import match_reference
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    major, minor = torch.cuda.get_device_capability()
+    arch = 10 * major + minor
+    if arch not in pk.PTX_ISA:
+        pytest.skip(f"the plugin kernel is built for {sorted(pk.PTX_ISA)}, not sm_{arch}")
+    cuda = ctypes.CDLL(ctypes.util.find_library("cuda") or "libcuda.so.1")
+
+    def check(status):
+        assert status == 0, f"CUDA driver error {status}"
+
+    torch.empty(1, device="cuda")  # the primary context, current
+    b, n, m, n_grad, n_proj, lr = 37, 5, 40, 8, 3, 0.05
+    kernel = trt_plugin.plugin_kernel(arch, 8, 64, lr, "fp32")
+    module, fn = ctypes.c_void_p(), ctypes.c_void_p()
+    check(cuda.cuModuleLoadData(ctypes.byref(module), ctypes.c_char_p(kernel.ptx.encode())))
+    check(cuda.cuModuleGetFunction(ctypes.byref(fn), module, kernel.name.encode()))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    cost = -torch.rand(b, n, m, device="cuda", generator=gen)
+    x_init = torch.rand(b, n, m, device="cuda", generator=gen) / m
+    out = torch.full_like(cost, float("nan"))
+    args = [
+        ctypes.c_uint64(cost.data_ptr()),
+        ctypes.c_uint64(x_init.data_ptr()),
+        *(ctypes.c_int32(v) for v in (b, n, m, n_grad, n_proj)),
+        ctypes.c_uint64(out.data_ptr()),
+    ]
+    params = (ctypes.c_void_p * len(args))(
+        *(ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in args)
+    )
+    stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+    grid = -(-b // kernel.problems)
+    cuda.cuLaunchKernel.argtypes = [ctypes.c_void_p, *[ctypes.c_uint] * 7, ctypes.c_void_p]
+    cuda.cuLaunchKernel.argtypes += [ctypes.c_void_p, ctypes.c_void_p]
+    check(
+        cuda.cuLaunchKernel(
+            fn, grid, 1, 1, 32 * kernel.num_warps, 1, 1, kernel.shared, stream, params, None
+        )
+    )
+    torch.cuda.synchronize()
+    want = match_reference(cost.double().cpu(), x_init.double().cpu(), n_grad, n_proj, lr)
+    assert (out.double().cpu() - want).abs().max().item() <= 1e-5
+    check(cuda.cuModuleUnload(module))

@@ -130,11 +130,15 @@ def _run_trt_run(args: argparse.Namespace) -> int:
 # -- registry: one line per command ---------------------------------------------------------
 
 COMMANDS: dict[str, Command] = {
+    "client": Command("segment a video through a running dmm-deploy server", "dmm_deploy.serve.commands", "add_client_args", "run_client"),
     "eval": Command("score predicted masks against DAVIS ground truth (J&F)", "dmm_deploy.eval.eval_job"),
     "export": Command("export the matcher to ONNX, check it and compare it with the reference", __name__, "_add_export", "_run_export"),
+    "export-model": Command("export the DMM-Net pipeline as a bundle for the torch-free runtime", "dmm_deploy.export.bundle_job"),
     "segment": Command("segment a video with DMM-Net (palette PNGs)", "dmm_deploy.segment_job"),
+    "serve": Command("serve many video streams from Triton Inference Server", "dmm_deploy.serve.commands", "add_serve_args", "run_serve"),
     "trt-build": Command("build a TensorRT engine from the exported matcher", __name__, "_add_trt_build", "_run_trt_build"),
     "trt-run": Command("run a TensorRT engine on random problems, check and time it", __name__, "_add_trt_run", "_run_trt_run"),
+    "triton-repo": Command("write a Triton Inference Server model repository for a bundle", "dmm_deploy.serve.commands", "add_triton_repo_args", "run_triton_repo"),
 }  # fmt: skip
 
 

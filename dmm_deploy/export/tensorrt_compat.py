@@ -8,8 +8,8 @@ of JetPack 6) and one for 10.15 and 11.x. :func:`check_tensorrt` reports, as rea
   version: Swish needs 11.0), operators of domains TensorRT has no importer for,
   custom-domain nodes that no known plugin provides;
 * an opset outside the parser's range;
-* Reduce axes (and the other inputs the parser needs as build-time constants in that version)
-  that are not initializers;
+* Reduce axes (and the other inputs the parser needs as build-time constants) that are not
+  initializers;
 * ``Loop``/``Scan``/``If`` nodes (the matcher is exported unrolled; their presence means the
   export went wrong);
 * float64 and other tensor types TensorRT does not compute in (inputs, outputs, initializers,
@@ -231,11 +231,10 @@ def _check_operators(model, table: OperatorTable, version: tuple[int, int], trt_
     return problems
 
 
-def structural_problems(model: onnx.ModelProto, trt_version: str | None = None) -> list[str]:
-    """Problems of structure: control flow (``Loop``/``Scan``/``If``, also in subgraphs) and
-    inputs the parser needs as build-time constants (Reduce axes as initializers, ...) that are
-    not. ``trt_version``: apply the constant-input rules of that version's table only (default:
-    every rule of every table). Every export runs this check.
+def structural_problems(model: onnx.ModelProto) -> list[str]:
+    """Problems of structure, whatever the TensorRT version: control flow (``Loop``/``Scan``/
+    ``If``, also in subgraphs) and inputs the parser needs as build-time constants (Reduce axes
+    as initializers, ...) that are not. Every export runs this check.
     """
     problems = [
         f"{_node_label(node)}: control flow; TensorRT takes it only with restrictions and "
@@ -244,16 +243,11 @@ def structural_problems(model: onnx.ModelProto, trt_version: str | None = None) 
         for node in graph.node
         if node.domain in DEFAULT_DOMAINS and node.op_type in CONTROL_FLOW_OPS
     ]
-    return problems + _check_constant_inputs(model, trt_version)
+    return problems + _check_constant_inputs(model)
 
 
-def _check_constant_inputs(model, trt_version: str | None = None) -> list[str]:
-    table = operator_table(trt_version).name if trt_version is not None else None
-    rules = {
-        op: rule
-        for op, rule in _data()["constant_inputs"].items()
-        if table is None or table in rule.get("tables", (table,))
-    }
+def _check_constant_inputs(model) -> list[str]:
+    rules = _data()["constant_inputs"]
     problems = []
     for graph in _graphs(model.graph):
         inits = {t.name for t in graph.initializer}
@@ -341,7 +335,7 @@ def check_tensorrt(model_or_path, trt_version: str = "10.3") -> list[str]:
                 f"{table.opset_min}..{table.opset_max}"
             )
     problems += _check_operators(model, table, version, trt_version)
-    problems += structural_problems(model, trt_version)
+    problems += structural_problems(model)
     problems += _check_types(model)
     problems += _check_inputs(model)
     return problems

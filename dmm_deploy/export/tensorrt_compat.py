@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
-from onnx import TensorProto
+if TYPE_CHECKING:  # onnx is imported where it is used: the TensorRT builder imports this module
+    import onnx
 
 __all__ = [
     "INSTALL_HINT",
@@ -142,6 +143,8 @@ def operator_table(trt_version: str = "10.3") -> OperatorTable:
 
 
 def _load(model_or_path) -> onnx.ModelProto:
+    import onnx
+
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path
     if isinstance(model_or_path, (str, Path)):
@@ -155,6 +158,8 @@ def _load(model_or_path) -> onnx.ModelProto:
 
 
 def _type_name(elem_type: int) -> str:
+    from onnx import TensorProto
+
     return TensorProto.DataType.Name(elem_type)
 
 
@@ -165,12 +170,14 @@ def _listing(names: list[str]) -> str:
 
 def _graphs(graph: onnx.GraphProto):
     """The graph and every subgraph (Loop/Scan/If bodies), depth first."""
+    from onnx import AttributeProto
+
     yield graph
     for node in graph.node:
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
+            if attr.type == AttributeProto.GRAPH:
                 yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
+            elif attr.type == AttributeProto.GRAPHS:
                 for g in attr.graphs:
                     yield from _graphs(g)
 
@@ -270,6 +277,8 @@ def _check_constant_inputs(model) -> list[str]:
 
 
 def _check_types(model) -> list[str]:
+    from onnx import AttributeProto, TensorProto
+
     bad = {getattr(TensorProto, name) for name in _data()["tensor_types"]["unsupported"]}
     found: dict[int, list[str]] = {}
 
@@ -287,7 +296,7 @@ def _check_types(model) -> list[str]:
             for attr in node.attribute:
                 if node.op_type == "Cast" and attr.name == "to":
                     note(attr.i, f"Cast {node.name or node.output[0]!r} target")
-                elif attr.type == onnx.AttributeProto.TENSOR:
+                elif attr.type == AttributeProto.TENSOR:
                     note(attr.t.data_type, f"{node.op_type} {node.name or node.output[0]!r} value")
     problems = []
     for elem_type, names in sorted(found.items()):

@@ -122,3 +122,79 @@ def test_bad_arguments_one_line(repo_root, args, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def exported_original(tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "matcher_original.onnx"
+    options = ExportOptions(lr=0.1, variant="original")
+    return path, export_matcher(path, options), options
+
+
+def test_original_variant_graph_is_unrolled_and_small(exported_original):
+    from dmm_deploy.export.tensorrt_compat import check_tensorrt
+
+    _, model, _ = exported_original
+    ops = {n.op_type for n in model.graph.node}
+    assert not ops & {"Loop", "Scan", "If", "Constant"}
+    assert check_graph(model) == []
+    assert check_tensorrt(model, "10.3") == [] and check_tensorrt(model, "11.0") == []
+    stats = graph_stats(model, 40, 5)
+    # relu, the shift, X', Z', the exit test X' - X and one Where per inner step, plus the
+    # outer-step work; the last step's cycles feed nothing and are dropped by the exporter
+    assert 6 <= stats.full_size_ops_per_inner_step <= 8
+    assert "variant original" in model.doc_string
+
+
+def _exit_batch():
+    """Zero cost with a feasible one-hot start (both exits fire at step 0), and a constant
+    cost with every row on one column (the outer exit fires after a few steps)."""
+    cost = np.zeros((2, 3, 4), np.float32)
+    x_init = np.zeros((2, 3, 4), np.float32)
+    x_init[0, 0, 1] = x_init[0, 1, 3] = x_init[0, 2, 0] = 1.0
+    cost[1] = 0.5
+    x_init[1, :, 0] = 1.0
+    return cost, x_init
+
+
+@pytest.mark.parametrize("case", ["exits", (1, 1, 1), (1, 1, 6), (3, 9, 4), (2, 6, 30)])
+def test_original_variant_onnxruntime_matches_reference(exported_original, case):
+    path, _, opts = exported_original
+    if case == "exits":
+        cost, x_init = _exit_batch()
+    else:
+        cost, x_init = random_problems(case, seed=sum(case))
+    (got,) = ort_session(path).run(None, {"cost": cost, "x_init": x_init})
+    c64, x64 = torch.from_numpy(cost).double(), torch.from_numpy(x_init).double()
+    want, info = match_reference(
+        c64, x64, opts.n_grad, opts.n_proj, opts.lr, return_info=True, variant="original"
+    )
+    assert np.abs(got - want.numpy()).max() <= 1e-5
+    if case == "exits":
+        # a graph that stopped at another step would be off by far more than 1e-5
+        assert info.steps[0] == 1 and 1 < info.steps[1] < opts.n_grad
+        np.testing.assert_array_equal(got[0], x_init[0])
+
+
+def test_original_variant_from_the_script(repo_root, tmp_path):
+    out = tmp_path / "o.onnx"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "export/to_onnx.py", "--variant", "original"),
+            *("--n-grad", "6", "--n-proj", "3", "--lr", "0.1", "--out", str(out)),
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "variant=original" in proc.stdout and "result    OK" in proc.stdout
+    assert "tensorrt  10.3: OK" in proc.stdout
+
+
+def test_variant_option_errors():
+    with pytest.raises(ValueError, match="variant"):
+        ExportOptions(variant="orig")
+    with pytest.raises(ValueError, match="variant"):
+        ExportOptions(variant="original", plugin=True)

@@ -22,7 +22,7 @@ import torch
 from onnx import numpy_helper
 
 from dmm_deploy.export.precision import PRECISIONS, apply_precision, run_graph_torch
-from dmm_deploy.matching.reference import match_reference
+from dmm_deploy.matching.reference import check_variant, match_reference
 
 __all__ = [
     "ELEMENTWISE_OPS",
@@ -67,6 +67,8 @@ class ExportOptions:
     inputs and output, float32 arithmetic); see :mod:`dmm_deploy.export.precision`.
     ``plugin``: export the matcher as one TensorRT plugin node instead of the unrolled graph
     (see :mod:`dmm_deploy.export.trt_plugin`).
+    ``variant``: ``"listing1"`` (the specification) or ``"original"`` (the original code's
+    solver, its early exits as per-problem masks; see :func:`dmm_deploy.matching.dmm_match`).
     """
 
     n_grad: int = 40
@@ -76,21 +78,31 @@ class ExportOptions:
     static_shape: tuple[int, int, int] | None = None
     precision: str = "fp32"
     plugin: bool = False
+    variant: str = "listing1"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_variant(self.variant)
+        if self.plugin and self.variant != "listing1":
+            raise ValueError(
+                f"variant {self.variant!r} is not available as a TensorRT plugin node; "
+                "export the unrolled graph (without plugin) for it"
+            )
 
 
 class MatcherGraph(torch.nn.Module):
     """``(cost, x_init) -> assignment``: the reference at fixed iteration counts, for export."""
 
-    def __init__(self, n_grad: int, n_proj: int, lr: float) -> None:
+    def __init__(self, n_grad: int, n_proj: int, lr: float, variant: str = "listing1") -> None:
         super().__init__()
         self.n_grad, self.n_proj, self.lr = n_grad, n_proj, lr
+        self.variant = check_variant(variant)
 
     def forward(self, cost: torch.Tensor, x_init: torch.Tensor) -> torch.Tensor:
-        return match_reference(cost, x_init, self.n_grad, self.n_proj, self.lr)
+        return match_reference(
+            cost, x_init, self.n_grad, self.n_proj, self.lr, variant=self.variant
+        )
 
 
 def fold_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -150,9 +162,18 @@ def graph_stats(model: onnx.ModelProto, n_grad: int, n_proj: int) -> GraphStats:
     """Node counts; element-wise ops whose output has the full ``(B, n, m)`` shape of ``cost``.
 
     Shapes come from ONNX shape inference with data propagation; an element-wise node is
-    full-size when its inferred output shape equals the ``cost`` input's shape.
+    full-size when its inferred output shape equals the ``cost`` input's shape. Dynamic
+    input dims are fixed to distinct sizes (2, 3, 5) first: symbolic dims do not survive
+    broadcasting against ``(B, 1, 1)`` tensors in ONNX shape inference, which would hide
+    full-size ops.
     """
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    concrete = onnx.ModelProto()
+    concrete.CopyFrom(model)
+    for vi in concrete.graph.input:
+        for dim, size in zip(vi.type.tensor_type.shape.dim, (2, 3, 5), strict=False):
+            if not dim.dim_value:
+                dim.dim_value = size
+    inferred = onnx.shape_inference.infer_shapes(concrete, data_prop=True)
     shapes = {vi.name: _dims(vi) for vi in inferred.graph.value_info}
     shapes.update({vi.name: _dims(vi) for vi in inferred.graph.output})
     full = _dims(next(i for i in inferred.graph.input if i.name == INPUT_NAMES[0]))
@@ -199,7 +220,7 @@ def export_matcher(path: str | Path, options: ExportOptions = ExportOptions()) -
     shape = options.static_shape or (2, 3, 5)
     cost = torch.rand(shape)
     x_init = torch.zeros(shape)
-    module = MatcherGraph(options.n_grad, options.n_proj, options.lr).eval()
+    module = MatcherGraph(options.n_grad, options.n_proj, options.lr, options.variant).eval()
     dynamic_axes = None
     if options.static_shape is None:
         axes = {0: "B", 1: "n", 2: "m"}
@@ -223,7 +244,12 @@ def export_matcher(path: str | Path, options: ExportOptions = ExportOptions()) -
     model = apply_precision(model, options.precision)
     model.doc_string = (
         f"DMM matcher: n_grad={options.n_grad} n_proj={options.n_proj} lr={options.lr}; "
-        "output is the mean of the projected-gradient iterates (x_init included)"
+        + (
+            "output is the mean of the projected-gradient iterates (x_init included)"
+            if options.variant == "listing1"
+            else "variant original: output is the mean of x_init and the iterates before "
+            "each step's projections, up to the per-problem early exits"
+        )
         + ("" if options.precision == "fp32" else f"; precision {options.precision}")
     )
     onnx.checker.check_model(model, full_check=True)
@@ -299,6 +325,7 @@ def verify_onnxruntime(
             options.n_grad,
             options.n_proj,
             options.lr,
+            variant=options.variant,
         ).numpy()
         results.append((shape, float(np.abs(got - want).max())))
     return results

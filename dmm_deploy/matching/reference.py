@@ -133,7 +133,7 @@ def match_reference(
     _, n, m = cost.shape
     if sizes is None:
         rows = cols = mask = None
-        n_f, m_f = float(n), float(m)
+        n_f, m_f = n, m  # ints, kept symbolic when traced with dynamic shapes
         step = cost * lr
     else:
         rows, cols = valid_mask(sizes, n, m)

@@ -418,7 +418,14 @@ def test_real_engine_build_and_run(tmp_path, precision):
 # -- static profiles, the plugin's cache key, the runner's stream and device ------------------
 
 
-def test_static_export_builds_a_profile_of_exactly_its_shape(fake_build, tmp_path):
+class _StaticNetwork:
+    num_inputs = 2
+
+    def get_input(self, i):
+        return types.SimpleNamespace(name=("cost", "x_init")[i], shape=(4, 8, 64))
+
+
+def test_static_export_builds_a_profile_of_exactly_its_shape(fake_build, tmp_path, monkeypatch):
     import onnx
 
     from dmm_deploy.export.trt_plugin import make_plugin_model
@@ -430,6 +437,17 @@ def test_static_export_builds_a_profile_of_exactly_its_shape(fake_build, tmp_pat
     for name in ("cost", "x_init"):
         assert ("profile", name, (4, 8, 64), (4, 8, 64), (4, 8, 64)) in fake.calls
     assert any("min = opt = max = 4x8x64" in line for line in lines)
+    # without onnx the parsed network's static input shapes give the same profile
+    fake, onnx_path = fake_build("10.9.0")
+    onnx.save(make_plugin_model(static_shape=(4, 8, 64)), str(onnx_path))
+    monkeypatch.setattr(trt_mod, "static_profile", lambda path: None)
+    monkeypatch.setattr(fake.Builder, "create_network", lambda self, flags: _StaticNetwork())
+    build_engine(onnx_path, tmp_path / "t.engine", BuilderOptions(), log=lines.append)
+    for name in ("cost", "x_init"):
+        assert ("profile", name, (4, 8, 64), (4, 8, 64), (4, 8, 64)) in fake.calls
+    monkeypatch.undo()
+    fake, onnx_path = fake_build("10.9.0")
+    onnx.save(make_plugin_model(static_shape=(4, 8, 64)), str(onnx_path))
     with pytest.raises(ValueError, match="static shape 4x8x64"):
         other = ShapeProfile((1, 1, 1), (4, 8, 64), (8, 8, 64))
         build_engine(onnx_path, tmp_path / "s.engine", BuilderOptions(profile=other))

@@ -283,8 +283,12 @@ def gpu_arch(device: int = 0) -> int:
 
 def static_profile(onnx_path: str | Path) -> ShapeProfile | None:
     """The one-shape profile of a graph exported with ``--static BxNxM`` (every input of rank 3
-    with the same fixed dims), or ``None`` when a dimension is dynamic."""
-    import onnx
+    with the same fixed dims), or ``None`` when a dimension is dynamic or onnx is not installed
+    (then the build gives each static input of the parsed network its one shape)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
 
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
@@ -395,7 +399,11 @@ def build_engine(
             raise TensorRTBuildError(
                 f"input {tensor.name!r} has shape {tuple(tensor.shape)}; the profile is for (B, n, m)"
             )
-        profile.set_shape(tensor.name, p.min, p.opt, p.max)
+        shape = tuple(int(d) for d in tensor.shape)
+        if all(d > 0 for d in shape):  # a static input (read without onnx): its one shape
+            profile.set_shape(tensor.name, shape, shape, shape)
+        else:
+            profile.set_shape(tensor.name, p.min, p.opt, p.max)
     config.add_optimization_profile(profile)
     tc_path = Path(timing_cache) if timing_cache else None
     tc_bytes = tc_path.read_bytes() if tc_path is not None and tc_path.is_file() else b""

@@ -367,3 +367,49 @@ def test_loading_original_weights_warns_once_unless_compat_original(monkeypatch)
     assert len(caught) == 1
     assert issubclass(caught[0].category, OriginalCompatWarning)
     assert "compat='original'" in str(caught[0].message)
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+@pytest.mark.slow
+def test_compat_benchmark_sources_and_one_run():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import compat_jf
+
+    v = make_synthetic_video(3, 45, 70, 2, late_objects=0, seed=1)
+    cluttered = compat_jf.ClutteredProposals(v.labels, seed=0, p_empty=1.0)
+    dets = [cluttered.detect(i, v.frames[i]) for i in range(3)]
+    assert len(dets[0]) > 200  # frame 0 always has detections: distractors + faint ones
+    peak = dets[0].masks.flatten(1).amax(1)
+    assert int(((peak - 0.3).abs() < 1e-6).sum()) >= 3  # the faint ones (shuffled in)
+    assert len(dets[1]) == len(dets[2]) == 0  # every later frame empty at p_empty=1
+    source = compat_jf.make_source(v, "clean", seed=0)
+    cfg = DMMConfig(**SMALL, compat="original", refine=False)
+    res = compat_jf.run_one(v, cfg, source)
+    assert 0.0 <= res["J&F"] <= 1.0 and res["s_per_frame"] > 0
+    assert set(source.cache) == {0, 1, 2}  # detections computed once, replayed
+    rows = [
+        dict(
+            mode="m",
+            regime="clean",
+            config=c,
+            seed=s,
+            **{"J&F": j, "J": j, "F": j},
+            s_per_frame=1.0,
+        )
+        for c, s, j in [
+            ("default", 0, 0.5),
+            ("default", 1, 0.7),
+            ("original", 0, 0.6),
+            ("original", 1, 0.6),
+        ]
+    ]
+    table = {r["config"]: r for r in compat_jf.summary(rows)}
+    assert table["original"]["vs default"] == pytest.approx(0.0)
+    assert (table["original"]["min diff"], table["original"]["max diff"]) == pytest.approx(
+        (-0.1, 0.1)
+    )

@@ -196,6 +196,12 @@ def test_compiled_ptx_fits_tensorrt_for_every_arch():
         pk.compile_plugin_ptx(75, 8, 64, 0.01)
 
 
+def test_unsupported_triton_is_refused_before_compiling(monkeypatch):
+    monkeypatch.setattr(pk.triton, "__version__", "3.9.0")
+    with pytest.raises(RuntimeError, match=r"Triton 3\.2 to 3\.8, not 3\.9\.0"):
+        pk.compile_plugin_ptx(80, 8, 64, 0.01)
+
+
 def test_kernel_source_digest_is_stable():
     assert pk.kernel_source_digest() == pk.kernel_source_digest()
     assert len(pk.kernel_source_digest()) == 64

@@ -258,12 +258,19 @@ def compile_plugin_ptx(
     """Compile the adapter for ``sm_<arch>`` without a GPU (see the module docstring).
 
     Raises ``ValueError`` for an arch or dtype outside the supported ones, ``RuntimeError``
-    when the PTX cannot be brought to TensorRT's calling convention.
+    for a Triton outside :data:`TRITON_RANGE` or when the PTX cannot be brought to TensorRT's
+    calling convention.
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
+    lo, hi = TRITON_RANGE
+    if not lo <= _version_tuple(triton.__version__) <= hi:
+        raise RuntimeError(
+            f"the plugin kernel is compiled with Triton {lo[0]}.{lo[1]} to {hi[0]}.{hi[1]}, "
+            f"not {triton.__version__} (its PTX entry layout is not known here)"
+        )
     if arch not in PTX_ISA:
         raise ValueError(f"arch must be one of {sorted(PTX_ISA)} (sm_XY), got {arch}")
     ptrs = {"fp32": "*fp32", "fp16": "*fp16"}

@@ -99,16 +99,13 @@ def _rel_err(actual, expected) -> float:
 
 
 def _reference(variant: str):
-    """The batched reference for ``variant``, or None where it does not offer it."""
+    """The batched reference of ``variant``, with match_reference's positional arguments."""
     from dmm_deploy.matching import match_reference
 
-    if variant == "listing1":
-        return match_reference
-
-    def original(cost, x_init, n_grad, n_proj, lr, sizes=None):
+    def reference(cost, x_init, n_grad, n_proj, lr, sizes=None):
         return match_reference(cost, x_init, n_grad, n_proj, lr, sizes, variant=variant)
 
-    return original
+    return reference
 
 
 def check_correctness(cfg: Config, device, log: Callable[[str], None]) -> list[dict]:
@@ -124,13 +121,7 @@ def check_correctness(cfg: Config, device, log: Callable[[str], None]) -> list[d
         cost, x_init, grad_out = _inputs(b, n, m, device, seed=b * 7 + n)
         row = {"check": name, "variant": variant, "B": b, "n": n, "m": m}
         c64, x64 = cost.clone().requires_grad_(), x_init.clone().requires_grad_()
-        try:
-            ref = reference(c64, x64, cfg.n_grad, cfg.n_proj, cfg.lr, sizes)
-        except TypeError as exc:  # the reference does not take this variant (yet)
-            row.update(ok=None, note=f"reference unavailable: {exc}")
-            rows.append(row)
-            log(f"  {name} {variant}: {row['note']}")
-            return
+        ref = reference(c64, x64, cfg.n_grad, cfg.n_proj, cfg.lr, sizes)
         ref_grads = torch.autograd.grad(ref, (c64, x64), grad_out)
         f32 = [t.float() for t in (cost, x_init, grad_out)]
         out, r_bits, a_bits = km.matcher_forward(
@@ -309,17 +300,14 @@ def verdicts(cfg: Config, correctness, bench, compiled, tests) -> list[dict]:
         return {"check": name, "target": target, "measured": shown, "verdict": verdict}
 
     rows = []
-    failed = [f"{r['check']}/{r['variant']}/B={r['B']}" for r in correctness if r["ok"] is False]
-    skipped = sum(r["ok"] is None for r in correctness)
+    failed = [f"{r['check']}/{r['variant']}/B={r['B']}" for r in correctness if not r["ok"]]
     rows.append(
         row(
             "kernels vs float64 reference",
             "fwd <= 1e-5, bwd <= 1e-4, NaN as reference",
-            len(correctness) - len(failed) - skipped,
+            len(correctness) - len(failed),
             not failed,
-            "{} checks pass"
-            + (f", {skipped} without a reference" if skipped else "")
-            + (f" (failed: {', '.join(failed)})" if failed else ""),
+            "{} checks pass" + (f" (failed: {', '.join(failed)})" if failed else ""),
         )
     )
     graph_ms = bench.get("b1_graph_ms")
@@ -394,7 +382,7 @@ def _write(out_dir: Path, header: dict, rows: list[dict], details: dict) -> None
         "",
         markdown_table(
             details["correctness"],
-            ["check", "variant", "B", "n", "m", "fwd_err", "bwd_err", "ok", "note"],
+            ["check", "variant", "B", "n", "m", "fwd_err", "bwd_err", "ok"],
         ),
         "",
         "## Benchmarks (medians, ms; memory in MB)",

@@ -148,7 +148,7 @@ def triton_match(
         raise ValueError(f"variant must be one of {_kernels.VARIANTS}, got {variant!r}")
     _, n, m = cost.shape
     if not triton_supported(n, m, cost.dtype):
-        return _reference(cost, x_init, n_grad, n_proj, lr, sizes, variant)
+        return match_reference(cost, x_init, n_grad, n_proj, lr, sizes, variant=variant)
     save_bits = torch.is_grad_enabled() and (cost.requires_grad or x_init.requires_grad)
     if sizes is not None:
         sizes = sizes.contiguous()
@@ -156,14 +156,8 @@ def triton_match(
     return out
 
 
-def _reference(cost, x_init, n_grad, n_proj, lr, sizes, variant):
-    if variant == "listing1":
-        return match_reference(cost, x_init, n_grad, n_proj, lr, sizes)
-    return match_reference(cost, x_init, n_grad, n_proj, lr, sizes, variant=variant)
-
-
 def _reference_fwd(cost, x_init, sizes, n_grad, n_proj, lr, save_bits, variant="listing1"):
-    out = _reference(cost, x_init, n_grad, n_proj, lr, sizes, variant)
+    out = match_reference(cost, x_init, n_grad, n_proj, lr, sizes, variant=variant)
     empty = cost.new_empty((0,), dtype=torch.int64)
     return out, empty, empty
 

@@ -413,3 +413,16 @@ def test_compat_benchmark_sources_and_one_run():
     assert (table["original"]["min diff"], table["original"]["max diff"]) == pytest.approx(
         (-0.1, 0.1)
     )
+
+
+def test_compat_original_keeps_any_ids(video):
+    remap = np.array([0, 9, 200], np.uint8)  # ids 1, 2 -> 9, 200
+    labels = remap[video.labels]
+    cfg = DMMConfig(compat="original", refine=False, **SMALL)
+    torch.manual_seed(0)
+    seg = VideoSegmenter(DMMNet(cfg), OracleProposals(labels, seed=0))
+    out = list(seg.segment(video.frames, labels[0]))
+    assert seg.object_ids == [9, 200]
+    assert np.array_equal(out[0], labels[0])
+    assert all(set(np.unique(o)) <= {0, 9, 200} for o in out)
+    assert all((o == 200).any() and (o == 9).any() for o in out[1:])

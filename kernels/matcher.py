@@ -13,9 +13,23 @@ state of the batched reference (``dmm_deploy.matching.reference``) one inner ste
 
 Forward (:func:`matcher_forward`): each program owns ``PROBLEMS`` whole problems. It loads
 the cost and ``x_init`` once, keeps ``X``, ``P2``, ``lr * C`` and the running sum of iterates
-as ``(PROBLEMS, BLOCK_N, BLOCK_M)`` register tiles and the column correction ``q1`` as a
-``(PROBLEMS, 1, BLOCK_M)`` vector, runs all ``n_grad * n_proj`` inner steps, and writes the
-mean once. Loads are converted to fp32, all arithmetic is fp32, the store casts to the input
+as register tiles and the column correction ``q1`` as a vector per problem, runs all
+``n_grad * n_proj`` inner steps, and writes the mean once.
+
+Layout. A problem of at most 2048 elements (``BLOCK_N * BLOCK_M``: 5 x 50, 8 x 128, 16 x 128,
+...) lives in one warp: tiles are ``(BLOCK_N, R, PROBLEMS, L)`` with ``L = min(32, BLOCK_M)``
+lanes along the columns, ``R = BLOCK_M / L`` columns and all ``BLOCK_N`` rows in each thread's
+registers, and the problems across warps (several per warp when there are more problems than
+warps). Column sums are then in-thread adds, row sums in-thread adds plus a lane butterfly
+(shuffles), and an inner step has no barrier; the relu bits of a column are packed in the
+thread that holds the column, and the backward loads each bit word once. The column indices are
+declared non-contiguous (``tl.max_contiguous(cols, 1)``): otherwise Triton vectorises the loads
+along the lanes and spreads a problem over several warps. The autotuner keeps
+``num_warps <= PROBLEMS`` for these problems (a lone problem, B = 1, may also be split over
+warps). Larger problems use ``(PROBLEMS, BLOCK_N, BLOCK_M)`` tiles laid out by Triton, which
+spread a problem over the warps (reductions through shared memory, with barriers). PTX
+figures of both: ``bench/kernel_ptx.py`` and ``bench/results/ptx/``.
+ Loads are converted to fp32, all arithmetic is fp32, the store casts to the input
 dtype. Offsets are int64. NaN and Inf propagate as in the reference (the relu keeps NaN); values
 outside a problem's ``n_b x m_b`` block are never read.
 
@@ -79,8 +93,9 @@ saved-tensor hooks): 240 kB and 13.5 MB for the same two cases, 20 to 32 times m
 Supported sizes: ``1 <= n <= 64`` and ``1 <= m <= 1024`` (``BLOCK_N = next_power_of_2(n)``,
 ``BLOCK_M = next_power_of_2(m)``); the launch wrappers raise ``ValueError`` beyond them (the
 ``dmm_deploy.matching`` backend falls back to the reference there). Register use (ptxas,
-sm_90): up to 16 x 256 the tiles fit without spills; 32 x 512 at 16 warps spills a few hundred
-bytes a thread; 64 x 1024 spills about 10 kB a thread to local memory (correct, but slower).
+sm_90): up to 16 x 256 the tiles fit without spills (at the warp counts the autotuner keeps);
+32 x 512 at 16 warps spills a few hundred bytes a thread; 64 x 1024 spills about 10 kB a thread
+to local memory (correct, but slower).
 """
 
 from __future__ import annotations
@@ -116,6 +131,7 @@ MAX_M = 1024
 VARIANTS = ("listing1", "original")
 _ELEMENTS_PER_PROGRAM = 4096  # tiny problems are packed until a program holds this many
 _WARPS = (1, 2, 4, 8, 16)
+_W4_MAX = 2048  # problems of at most this many elements: one warp (or fewer lanes) each
 
 
 def _interpreting() -> bool:
@@ -123,15 +139,25 @@ def _interpreting() -> bool:
 
 
 def _prune_warps(configs, named_args, **kwargs):
-    """Keep the warp counts that give each thread 4 to 64 elements of a tile.
+    """The warp counts worth timing for a tile.
 
-    Tiles too large for 64 a thread at the most warps keep the most warps; tiles too small
-    for 4 a thread at one warp keep one warp.
+    Problems of at most ``_W4_MAX`` elements run one warp per problem (several problems per
+    warp when there are more problems than warps): ``num_warps <= PROBLEMS`` (one more warp
+    would land inside a problem and bring barriers back), except for a lone problem (B = 1,
+    latency-bound), which may also be split over warps; each thread then holds 4 to 32 tile
+    elements (more spills: the state is four tiles). Larger problems keep the warp counts
+    that give each thread 4 to 64 elements; tiles too large for 64 a thread at the most warps
+    keep the most warps; tiles too small for 4 a thread at one warp keep one warp.
     """
-    elems = kwargs["PROBLEMS"] * kwargs["BLOCK_N"] * kwargs["BLOCK_M"]
-    keep = [c for c in configs if 4 <= elems // (32 * c.num_warps) <= 64]
+    problems, block_n, block_m = kwargs["PROBLEMS"], kwargs["BLOCK_N"], kwargs["BLOCK_M"]
+    elems = problems * block_n * block_m
+    most = 64
+    if block_n * block_m <= _W4_MAX:
+        configs = [c for c in configs if c.num_warps <= problems or problems == 1] or configs[:1]
+        most = 32
+    keep = [c for c in configs if 4 <= elems // (32 * c.num_warps) <= most]
     by_warps = sorted(configs, key=lambda c: c.num_warps)
-    return keep or [by_warps[-1] if elems > 64 * 32 else by_warps[0]]
+    return keep or [by_warps[-1] if elems > most * 32 else by_warps[0]]
 
 
 def _warp_configs() -> list[triton.Config]:
@@ -173,11 +199,12 @@ def _pack_bits(
     row_bit,  # (1, BN, 1) int64, 1 << row
     SPW: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    W4: tl.constexpr,
 ):
     """Put step ``k``'s relu pattern (``BLOCK_N`` bits a column, ``SPW`` steps a word) and active
     columns (one bit a column, 64 steps a word) into the words; store each word when full."""
     slot = k % SPW
-    col_bits = tl.reduce(tl.where(relu_on, row_bit, 0), 1, _add, keep_dims=True)
+    col_bits = _col_sum(tl.where(relu_on, row_bit, 0), W4)
     r_word = tl.where(slot == 0, 0, r_word) | (col_bits << (slot * BLOCK_N))
     tl.store(r_ptr, r_word, mask=col_ok & ((slot == SPW - 1) | last))
     a_slot = k % 64
@@ -204,6 +231,24 @@ def _unpack_bits(
 
 
 @triton.jit
+def _row_sum(x, W4: tl.constexpr):
+    """Sum over a tile's columns, one per row (dimensions kept)."""
+    if W4:  # columns are (R, L): registers first, then the lanes (shuffles)
+        return tl.reduce(tl.reduce(x, 1, _add, keep_dims=True), 3, _add, keep_dims=True)
+    else:
+        return tl.reduce(x, 2, _add, keep_dims=True)
+
+
+@triton.jit
+def _col_sum(x, W4: tl.constexpr):
+    """Sum over a tile's rows, one per column (dimensions kept)."""
+    if W4:  # rows live in each thread's registers
+        return tl.reduce(x, 0, _add, keep_dims=True)
+    else:
+        return tl.reduce(x, 1, _add, keep_dims=True)
+
+
+@triton.jit
 def _problem_layout(
     sizes_ptr,  # (B, 2) int64 (n_b, m_b); unused unless HAS_SIZES
     B,
@@ -213,21 +258,21 @@ def _problem_layout(
     PROBLEMS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    W4: tl.constexpr,
 ):
-    """Indices and masks of this program's ``PROBLEMS`` problems.
+    """Indices and masks of this program's ``PROBLEMS`` problems, in the tile layout.
 
+    ``W4`` (one warp per problem): tiles are ``(BN, R, P, L)`` with column ``r * L + lane``,
+    ``L = min(32, BM)`` lanes and ``R = BM / L`` registers a row; otherwise ``(P, BN, BM)``.
     ``sizes`` is clamped to ``[0, n] x [0, m]`` here, so that no value it holds makes a
     program touch memory outside its own problems; a problem with ``n_b = 0`` or ``m_b = 0``
     has no valid element (its outputs are zero) and divides by 1 instead of 0.
-    Returns ``prob3 (P, 1, 1)`` int64 problem indices, ``rows (1, BN, 1)``, ``cols (1, 1, BM)``,
-    the masks ``row_ok (P, BN, 1)``, ``col_ok (P, 1, BM)``, ``valid`` (their product) and
-    ``in_bounds`` (the whole ``n x m`` block of every existing problem), and ``1 / n_b``,
-    ``1 / m_b`` as ``(P, 1, 1)`` fp32.
+    Returns the int64 problem indices ``prob3``, ``rows``, ``cols``, the masks ``row_ok``,
+    ``col_ok``, ``valid`` (their product) and ``in_bounds`` (the whole ``n x m`` block of every
+    existing problem), and ``1 / n_b``, ``1 / m_b`` (fp32), all broadcastable to a tile.
     """
     pid = tl.program_id(0)
     prob = pid.to(tl.int64) * PROBLEMS + tl.arange(0, PROBLEMS).to(tl.int64)  # (P,)
-    rows = tl.arange(0, BLOCK_N)[None, :, None]  # (1, BN, 1)
-    cols = tl.arange(0, BLOCK_M)[None, None, :]  # (1, 1, BM)
     prob_ok = prob < B
     if HAS_SIZES:
         n_b = tl.load(sizes_ptr + 2 * prob, mask=prob_ok, other=0)  # (P,)
@@ -237,13 +282,39 @@ def _problem_layout(
     else:
         n_b = tl.full((PROBLEMS,), 1, tl.int64) * n
         m_b = tl.full((PROBLEMS,), 1, tl.int64) * m
-    row_ok = (rows < n_b[:, None, None]) & prob_ok[:, None, None]  # (P, BN, 1)
-    col_ok = (cols < m_b[:, None, None]) & prob_ok[:, None, None]  # (P, 1, BM)
-    valid = row_ok & col_ok  # (P, BN, BM): the problem's own n_b x m_b block
-    in_bounds = (rows < n) & (cols < m) & prob_ok[:, None, None]  # the whole padded block
-    inv_n = 1.0 / tl.maximum(n_b, 1)[:, None, None].to(tl.float32)  # (P, 1, 1)
-    inv_m = 1.0 / tl.maximum(m_b, 1)[:, None, None].to(tl.float32)
-    return prob[:, None, None], rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m
+    n_f = tl.maximum(n_b, 1).to(tl.float32)
+    m_f = tl.maximum(m_b, 1).to(tl.float32)
+    if W4:
+        R: tl.constexpr = (BLOCK_M + 31) // 32
+        L: tl.constexpr = BLOCK_M // R
+        rows = tl.arange(0, BLOCK_N)[:, None, None, None]  # (BN, 1, 1, 1)
+        cols = tl.arange(0, R)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :]
+        # (1, R, 1, L). Declared non-contiguous: otherwise Triton vectorises the loads along
+        # the lanes and spreads the warps over a problem's columns (barriers in every step)
+        cols = tl.max_contiguous(cols, [1, 1, 1, 1])
+        prob3 = prob[None, None, :, None]  # (1, 1, P, 1)
+        ok = prob_ok[None, None, :, None]
+        n_b = n_b[None, None, :, None]
+        m_b = m_b[None, None, :, None]
+        n_f = n_f[None, None, :, None]
+        m_f = m_f[None, None, :, None]
+    else:
+        rows = tl.arange(0, BLOCK_N)[None, :, None]  # (1, BN, 1)
+        cols = tl.arange(0, BLOCK_M)[None, None, :]  # (1, 1, BM)
+        prob3 = prob[:, None, None]  # (P, 1, 1)
+        ok = prob_ok[:, None, None]
+        n_b = n_b[:, None, None]
+        m_b = m_b[:, None, None]
+        n_f = n_f[:, None, None]
+        m_f = m_f[:, None, None]
+    row_ok = (rows < n_b) & ok
+    col_ok = (cols < m_b) & ok
+    valid = row_ok & col_ok  # the problem's own n_b x m_b block
+    in_bounds = (rows < n) & (cols < m) & ok  # the whole padded block
+    return prob3, rows, cols, row_ok, col_ok, valid, in_bounds, 1.0 / n_f, 1.0 / m_f
+
+
+_W4_ELEMENTS = tl.constexpr(_W4_MAX)
 
 
 @triton.autotune(_warp_configs(), key=[*_SHAPE_KEY, "SAVE_BITS"], prune_configs_by=_PRUNE)
@@ -274,8 +345,9 @@ def _dmm_fwd_kernel(
     BLOCK_M: tl.constexpr,  # next_power_of_2(m)
 ):
     SPW: tl.constexpr = 64 // BLOCK_N  # inner steps per relu-pattern word
+    W4: tl.constexpr = BLOCK_N * BLOCK_M <= _W4_ELEMENTS
     prob3, rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m = _problem_layout(
-        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M
+        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M, W4
     )
     c = tl.load(
         cost_ptr + prob3 * stride_cb + rows * stride_cn + cols * stride_cm, mask=valid, other=0.0
@@ -286,24 +358,24 @@ def _dmm_fwd_kernel(
     step = c.to(tl.float32) * lr  # (P, BN, BM)
     x = x.to(tl.float32)
     total = x
-    p2 = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)
-    q1 = tl.full((PROBLEMS, 1, BLOCK_M), 0.0, tl.float32)
+    p2 = tl.full(valid.shape, 0.0, tl.float32)
+    q1 = tl.full(col_ok.shape, 0.0, tl.float32)
 
     if SAVE_BITS:
         n_steps = n_grad * n_proj
         r_base = r_bits_ptr + prob3 * (((n_steps + SPW - 1) // SPW) * m) + cols  # (P, 1, BM)
         a_base = a_bits_ptr + prob3 * (((n_steps + 63) // 64) * m) + cols
-        row_bit = tl.full((1, BLOCK_N, 1), 1, tl.int64) << rows.to(tl.int64)  # (1, BN, 1)
-        r_word = tl.full((PROBLEMS, 1, BLOCK_M), 0, tl.int64)
-        a_word = tl.full((PROBLEMS, 1, BLOCK_M), 0, tl.int64)
+        row_bit = tl.full(rows.shape, 1, tl.int64) << rows.to(tl.int64)
+        r_word = tl.full(col_ok.shape, 0, tl.int64)
+        a_word = tl.full(col_ok.shape, 0, tl.int64)
 
     for g in range(n_grad):
         x = x - step
         for j in range(n_proj):
-            row_sum = tl.reduce(x, 2, _add, keep_dims=True)  # (P, BN, 1)
-            col_sum = tl.reduce(x, 1, _add, keep_dims=True)  # (P, 1, BM), from the same X
+            row_sum = _row_sum(x, W4)  # one per row
+            col_sum = _col_sum(x, W4)  # one per column, from the same X
             a = tl.where(row_ok, (row_sum - 1.0) * inv_m, 0.0)
-            s = col_sum - tl.reduce(a, 1, _add, keep_dims=True) + q1
+            s = col_sum - _col_sum(a, W4) + q1
             q1_new = tl.where(col_ok, _relu(s - 1.0), 0.0)  # (P, 1, BM)
             x3 = tl.where(valid, x - a + (q1 - q1_new) * inv_n + p2, 0.0)
             x = _relu(x3)
@@ -324,6 +396,7 @@ def _dmm_fwd_kernel(
                     row_bit,
                     SPW,
                     BLOCK_N,
+                    W4,
                 )
         total += x
 
@@ -361,8 +434,9 @@ def _dmm_fwd_original_kernel(
 ):
     """The original code's solver (``variant="original"``, see the module docstring)."""
     SPW: tl.constexpr = 64 // BLOCK_N
+    W4: tl.constexpr = BLOCK_N * BLOCK_M <= _W4_ELEMENTS
     prob3, rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m = _problem_layout(
-        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M
+        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M, W4
     )
     c = tl.load(
         cost_ptr + prob3 * stride_cb + rows * stride_cn + cols * stride_cm, mask=valid, other=0.0
@@ -373,46 +447,44 @@ def _dmm_fwd_original_kernel(
     step = c * lr  # (P, BN, BM)
     n_f = 1.0 / inv_n  # (P, 1, 1) n_b as fp32 (1 for an empty problem)
     total = x
-    count = tl.full((PROBLEMS, 1, 1), 1.0, tl.float32)  # iterates in the mean
-    p0 = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)  # non-negativity correction
-    p1 = tl.full((PROBLEMS, 1, BLOCK_M), 0.0, tl.float32)  # column correction (per element)
-    prev_norm = tl.full((PROBLEMS, 1, 1), 0.0, tl.float32)  # ||X * C|| of the last step
-    stopped = tl.full((PROBLEMS, 1, 1), 0, tl.int1)  # an outer step changed nothing
+    count = tl.full(prob3.shape, 1.0, tl.float32)  # iterates in the mean
+    p0 = tl.full(valid.shape, 0.0, tl.float32)  # non-negativity correction
+    p1 = tl.full(col_ok.shape, 0.0, tl.float32)  # column correction (per element)
+    prev_norm = tl.full(prob3.shape, 0.0, tl.float32)  # ||X * C|| of the last step
+    stopped = tl.full(prob3.shape, 0, tl.int1)  # an outer step changed nothing
 
     if SAVE_BITS:
         n_steps = n_grad * n_proj
         a_cols = m + 1  # column m of the active-column plane: the applied-step flags
         r_base = r_bits_ptr + prob3 * (((n_steps + SPW - 1) // SPW) * m) + cols  # (P, 1, BM)
         a_base = a_bits_ptr + prob3 * (((n_steps + 63) // 64) * a_cols)  # (P, 1, 1)
-        row_bit = tl.full((1, BLOCK_N, 1), 1, tl.int64) << rows.to(tl.int64)  # (1, BN, 1)
-        r_word = tl.full((PROBLEMS, 1, BLOCK_M), 0, tl.int64)
-        a_word = tl.full((PROBLEMS, 1, BLOCK_M), 0, tl.int64)
-        f_word = tl.full((PROBLEMS, 1, 1), 0, tl.int64)
+        row_bit = tl.full(rows.shape, 1, tl.int64) << rows.to(tl.int64)
+        r_word = tl.full(col_ok.shape, 0, tl.int64)
+        a_word = tl.full(col_ok.shape, 0, tl.int64)
+        f_word = tl.full(prob3.shape, 0, tl.int64)
         exists = prob3 < B  # (P, 1, 1)
 
     for g in range(n_grad):
         running = ~stopped
         x = tl.where(running, x - step, x)  # gradient step
         xc = x * c
-        norm = tl.sqrt_rn(tl.reduce(tl.reduce(xc * xc, 2, _add, keep_dims=True), 1, _add, True))
+        norm = tl.sqrt_rn(_col_sum(_row_sum(xc * xc, W4), W4))
         total += tl.where(running, x, 0.0)  # the mean takes the iterate before projections
         count += running.to(tl.float32)
         idle = stopped  # an inner cycle changed nothing: skip the others of this outer step
         for j in range(n_proj):
             z = x + p0
             y = _relu(z)  # non-negativity
-            col_sum = tl.reduce(y, 1, _add, keep_dims=True)  # (P, 1, BM)
-            row_sum = tl.reduce(y, 2, _add, keep_dims=True)  # (P, BN, 1), from the same Y
+            col_sum = _col_sum(y, W4)
+            row_sum = _row_sum(y, W4)  # from the same Y
             cs = col_sum + p1 * n_f  # column sums of Y + P1
             active = col_ok & ~(cs <= 1.0)
             p1_new = tl.where(active, (cs - 1.0) * inv_n, 0.0)  # columns
             d = p1 - p1_new  # (P, 1, BM)
-            a = tl.where(
-                row_ok, (row_sum + tl.reduce(d, 2, _add, keep_dims=True) - 1.0) * inv_m, 0.0
-            )
+            a = tl.where(row_ok, (row_sum + _row_sum(d, W4) - 1.0) * inv_m, 0.0)
             x_new = tl.where(valid, y + d - a, 0.0)  # rows
             diff = x_new - x
-            moved = tl.reduce(tl.reduce(diff * diff, 2, _add, keep_dims=True), 1, _add, True)
+            moved = _col_sum(_row_sum(diff * diff, W4), W4)
             applied = ~idle
             x = tl.where(applied, x_new, x)
             p0 = tl.where(applied, z - y, p0)
@@ -434,6 +506,7 @@ def _dmm_fwd_original_kernel(
                     row_bit,
                     SPW,
                     BLOCK_N,
+                    W4,
                 )
                 f_slot = k % 64
                 f_word = tl.where(f_slot == 0, 0, f_word) | (applied.to(tl.int64) << f_slot)
@@ -471,16 +544,17 @@ def _dmm_bwd_kernel(
     BLOCK_M: tl.constexpr,
 ):
     SPW: tl.constexpr = 64 // BLOCK_N
+    W4: tl.constexpr = BLOCK_N * BLOCK_M <= _W4_ELEMENTS
     prob3, rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m = _problem_layout(
-        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M
+        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M, W4
     )
     g_offs = prob3 * stride_gb + rows * stride_gn + cols * stride_gm
     g_out = tl.load(grad_out_ptr + g_offs, mask=valid, other=0.0).to(tl.float32)
     g_total = g_out / (n_grad + 1).to(tl.float32)  # adjoint of every iterate in the mean
-    g_x = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)
-    g_p2 = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)
-    g_q = tl.full((PROBLEMS, 1, BLOCK_M), 0.0, tl.float32)
-    g_steps = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)  # sum of adjoints of X - lr C
+    g_x = tl.full(valid.shape, 0.0, tl.float32)
+    g_p2 = tl.full(valid.shape, 0.0, tl.float32)
+    g_q = tl.full(col_ok.shape, 0.0, tl.float32)
+    g_steps = tl.full(valid.shape, 0.0, tl.float32)  # sum of adjoints of X - lr C
 
     n_steps = n_grad * n_proj
     r_base = r_bits_ptr + prob3 * (((n_steps + SPW - 1) // SPW) * m) + cols  # (P, 1, BM)
@@ -496,10 +570,10 @@ def _dmm_bwd_kernel(
             )  # (P, BN, BM), (P, 1, BM)
 
             g_x3 = tl.where(valid, tl.where(relu_on, g_x, g_p2), 0.0)
-            g_d = tl.reduce(g_x3, 1, _add, keep_dims=True)  # (P, 1, BM)
+            g_d = _col_sum(g_x3, W4)
             g_s = tl.where(active, g_q - g_d * inv_n, 0.0)
-            g_r = tl.reduce(g_x3, 2, _add, keep_dims=True)  # (P, BN, 1)
-            g_a = -g_r - tl.reduce(g_s, 2, _add, keep_dims=True)
+            g_r = _row_sum(g_x3, W4)
+            g_a = -g_r - _row_sum(g_s, W4)
             g_x = g_x3 + tl.where(row_ok, g_a * inv_m, 0.0) + g_s
             g_p2 = g_x3
             g_q = g_d * inv_n + g_s
@@ -538,8 +612,9 @@ def _dmm_bwd_original_kernel(
 ):
     """Reverse sweep of :func:`_dmm_fwd_original_kernel` (see the module docstring)."""
     SPW: tl.constexpr = 64 // BLOCK_N
+    W4: tl.constexpr = BLOCK_N * BLOCK_M <= _W4_ELEMENTS
     prob3, rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m = _problem_layout(
-        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M
+        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M, W4
     )
     n_f = 1.0 / inv_n
     n_steps = n_grad * n_proj
@@ -550,7 +625,7 @@ def _dmm_bwd_original_kernel(
     row_shift = rows.to(tl.int64)  # (1, BN, 1)
 
     # iterates in the mean: x_init and every outer step that ran (its first cycle is applied)
-    count = tl.full((PROBLEMS, 1, 1), 1.0, tl.float32)
+    count = tl.full(prob3.shape, 1.0, tl.float32)
     for g in range(n_grad):
         k = g * n_proj
         f_word = tl.load(a_base + (k // 64) * a_cols + m, mask=exists, other=0)
@@ -559,10 +634,10 @@ def _dmm_bwd_original_kernel(
     g_offs = prob3 * stride_gb + rows * stride_gn + cols * stride_gm
     g_out = tl.load(grad_out_ptr + g_offs, mask=valid, other=0.0).to(tl.float32)
     g_mean = g_out / count  # adjoint of every iterate in the mean
-    g_x = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)
-    g_p0 = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)
-    g_p1 = tl.full((PROBLEMS, 1, BLOCK_M), 0.0, tl.float32)
-    g_steps = tl.full((PROBLEMS, BLOCK_N, BLOCK_M), 0.0, tl.float32)  # sum of adjoints of X - lr C
+    g_x = tl.full(valid.shape, 0.0, tl.float32)
+    g_p0 = tl.full(valid.shape, 0.0, tl.float32)
+    g_p1 = tl.full(col_ok.shape, 0.0, tl.float32)
+    g_steps = tl.full(valid.shape, 0.0, tl.float32)  # sum of adjoints of X - lr C
 
     for gi in range(n_grad):
         g = n_grad - 1 - gi
@@ -581,9 +656,9 @@ def _dmm_bwd_original_kernel(
             applied = ((f_word >> (k % 64)) & 1) != 0  # (P, 1, 1)
 
             gg = tl.where(valid, g_x, 0.0)  # adjoint of X' = Y + d - a
-            g_a = -tl.reduce(gg, 2, _add, keep_dims=True)  # (P, BN, 1), adjoint of a
+            g_a = -_row_sum(gg, W4)  # adjoint of a
             g_a = tl.where(row_ok, g_a * inv_m, 0.0)
-            g_d = tl.reduce(gg, 1, _add, keep_dims=True) + tl.reduce(g_a, 1, _add, keep_dims=True)
+            g_d = _col_sum(gg, W4) + _col_sum(g_a, W4)
             g_d = tl.where(col_ok, g_d, 0.0)  # (P, 1, BM), adjoint of d = p1 - p1'
             g_cs = tl.where(active, (g_p1 - g_d) * inv_n, 0.0)  # adjoint of the column sums
             g_y = gg + g_a + g_cs  # adjoint of Y

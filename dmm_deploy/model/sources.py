@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmm_deploy.model.proposals import MASK_KINDS, Detections
+from dmm_deploy.data.detections import PrecomputedFile
+from dmm_deploy.model.proposals import Detections
 
 __all__ = [
     "MaskRCNNProposals",
@@ -185,67 +186,17 @@ def save_precomputed(
     )
 
 
-class PrecomputedProposals(ProposalSource):
+class PrecomputedProposals(PrecomputedFile, ProposalSource):
     """Detections read from one video's ``.npz`` file (format in this module's docstring).
 
-    The file is read once, at construction; a missing file, a missing key or inconsistent
-    shapes raise one error naming the file. ``detect`` checks that the frame has the stored
-    ``image_size``.
+    The file is read once, at construction, by the torch-free
+    :class:`dmm_deploy.data.detections.PrecomputedFile`; a missing file, a missing key or
+    inconsistent shapes raise one error naming the file. ``detect`` checks that the frame has
+    the stored ``image_size``.
     """
 
-    REQUIRED = ("frame", "boxes", "scores", "masks", "mask_kind", "image_size")
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"precomputed proposals file not found: {self.path}")
-        try:
-            with np.load(self.path, allow_pickle=False) as data:
-                missing = [k for k in self.REQUIRED if k not in data.files]
-                if missing:
-                    raise ValueError(f"missing key(s) {missing}")
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as e:
-            raise ValueError(f"invalid precomputed proposals file {self.path}: {e}") from e
-        frame, boxes, scores = arrays["frame"], arrays["boxes"], arrays["scores"]
-        masks, kind = arrays["masks"], str(arrays["mask_kind"])
-        n = frame.shape[0]
-        if (
-            frame.ndim != 1
-            or boxes.shape != (n, 4)
-            or scores.shape != (n,)
-            or masks.ndim != 3
-            or masks.shape[0] != n
-            or kind not in MASK_KINDS
-            or arrays["image_size"].shape != (2,)
-        ):
-            raise ValueError(
-                f"invalid precomputed proposals file {self.path}: inconsistent shapes "
-                f"(frame {frame.shape}, boxes {boxes.shape}, scores {scores.shape}, "
-                f"masks {masks.shape}, mask_kind {kind!r})"
-            )
-        self.image_size = tuple(int(v) for v in arrays["image_size"])
-        self.kind = kind
-        self.num_frames = int(arrays.get("num_frames", frame.max(initial=-1) + 1))
-        if masks.dtype == np.uint8:
-            masks = masks.astype(np.float32) / 255.0
-        order = np.argsort(frame, kind="stable")
-        self._frame = frame[order]
-        self._boxes, self._scores, self._masks = boxes[order], scores[order], masks[order]
-
     def detect(self, index: int, frame: np.ndarray) -> Detections:
-        if tuple(frame.shape[:2]) != self.image_size:
-            raise ValueError(
-                f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the proposals in "
-                f"{self.path} are for {self.image_size[1]}x{self.image_size[0]} frames"
-            )
-        lo, hi = np.searchsorted(self._frame, [index, index + 1])
-        return Detections(
-            self._boxes[lo:hi],
-            self._scores[lo:hi],
-            self._masks[lo:hi].astype(np.float32),
-            self.kind,
-        )
+        return Detections(*self.frame_arrays(index, frame), self.kind)
 
 
 # --------------------------------------------------------------------------- oracle

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dmm_deploy.data import Frame, read_frame, read_mask
+from dmm_deploy.data.inputs import frame_image as _frame_image
+from dmm_deploy.data.inputs import label_map as _label_map
 from dmm_deploy.runtime.backends import BACKENDS, DEVICES, open_stage
 from dmm_deploy.runtime.bundle import Bundle, BundleError
 from dmm_deploy.runtime.imaging import frame_to_input, merge_probabilities, resize, tight_boxes
@@ -346,35 +347,6 @@ def _refine(rt: Runtime, streams, live: list[int], feats, matched, probs) -> Non
             out[i].append(res["probabilities"][r].astype(np.float32))
     for i in live:
         probs[i] = np.stack(out[i])
-
-
-def _frame_image(frame, name: str) -> np.ndarray:
-    if isinstance(frame, Frame):
-        frame = frame.image
-    elif isinstance(frame, (str, os.PathLike)):
-        return read_frame(frame)
-    if (
-        not isinstance(frame, np.ndarray)
-        or frame.ndim != 3
-        or frame.shape[2] != 3
-        or frame.dtype != np.uint8
-    ):
-        raise ValueError(f"{name} must be an (H, W, 3) uint8 RGB array, a Frame or an image path")
-    return frame
-
-
-def _label_map(mask, size: tuple[int, int], name: str) -> np.ndarray:
-    if isinstance(mask, (str, os.PathLike)):
-        return read_mask(mask, expected_size=size)
-    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
-        raise ValueError(f"{name} must be an (H, W) integer label map or a PNG path")
-    if tuple(mask.shape) != tuple(size):
-        raise ValueError(
-            f"{name} is {mask.shape[1]}x{mask.shape[0]} but the frame is {size[1]}x{size[0]}"
-        )
-    if mask.size and (mask.min() < 0 or mask.max() > 255):
-        raise ValueError(f"{name} must hold object ids in 0..255")
-    return mask.astype(np.uint8)
 
 
 class StreamingSegmenter:

@@ -2,7 +2,7 @@
 as a bundle stage, and the original's post-processing (:func:`prepare_proposals`).
 
 The ``.npz`` format is the model's (:mod:`dmm_deploy.model.sources`); this reader needs no
-torch. :func:`prepare_proposals` is the numpy form of
+torch (it is :class:`dmm_deploy.data.detections.PrecomputedFile`). :func:`prepare_proposals` is the numpy form of
 :func:`dmm_deploy.model.prepare_proposals`: masks pasted (box-relative) or resized
 (full-frame) to the input size, tight boxes of ``mask > box_threshold``, empty masks dropped,
 NMS at ``nms_iou`` over the ``+1``-area boxes, the first ``top_k`` by score.
@@ -10,12 +10,11 @@ NMS at ``nms_iou`` over the ``+1``-area boxes, the first ``top_k`` by score.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from dmm_deploy.data.detections import PrecomputedFile
 from dmm_deploy.runtime.imaging import nms, paste_box_masks, resize, tight_boxes
 
 __all__ = [
@@ -25,8 +24,6 @@ __all__ = [
     "Proposals",
     "prepare_proposals",
 ]
-
-MASK_KINDS = ("box", "frame")
 
 
 class Detections(NamedTuple):
@@ -47,59 +44,15 @@ class Proposals(NamedTuple):
     scores: np.ndarray
 
 
-class PrecomputedDetections:
+class PrecomputedDetections(PrecomputedFile):
     """Detections of one video read from a ``.npz`` file (the model's precomputed format).
 
     ``detect(index, frame)`` returns frame ``index``'s :class:`Detections`; errors name the file.
+    The file is parsed by :class:`dmm_deploy.data.detections.PrecomputedFile`.
     """
 
-    REQUIRED = ("frame", "boxes", "scores", "masks", "mask_kind", "image_size")
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"precomputed proposals file not found: {self.path}")
-        try:
-            with np.load(self.path, allow_pickle=False) as data:
-                missing = [k for k in self.REQUIRED if k not in data.files]
-                if missing:
-                    raise ValueError(f"missing key(s) {missing}")
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as e:
-            raise ValueError(f"invalid precomputed proposals file {self.path}: {e}") from e
-        frame, boxes, scores, masks = (arrays[k] for k in ("frame", "boxes", "scores", "masks"))
-        kind = str(arrays["mask_kind"])
-        n = frame.shape[0]
-        if (
-            frame.ndim != 1
-            or boxes.shape != (n, 4)
-            or scores.shape != (n,)
-            or masks.ndim != 3
-            or masks.shape[0] != n
-            or kind not in MASK_KINDS
-            or arrays["image_size"].shape != (2,)
-        ):
-            raise ValueError(f"invalid precomputed proposals file {self.path}: inconsistent shapes")
-        self.image_size = tuple(int(v) for v in arrays["image_size"])
-        self.kind = kind
-        order = np.argsort(frame, kind="stable")
-        self._frame = frame[order]
-        self._boxes = boxes[order].astype(np.float32)
-        self._scores = scores[order].astype(np.float32)
-        self._masks = masks[order]
-
     def detect(self, index: int, frame: np.ndarray) -> Detections:
-        if tuple(frame.shape[:2]) != self.image_size:
-            raise ValueError(
-                f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the proposals in "
-                f"{self.path} are for {self.image_size[1]}x{self.image_size[0]} frames"
-            )
-        lo, hi = np.searchsorted(self._frame, [index, index + 1])
-        masks = self._masks[lo:hi]
-        masks = masks.astype(np.float32) / 255.0 if masks.dtype == np.uint8 else masks
-        return Detections(
-            self._boxes[lo:hi], self._scores[lo:hi], masks.astype(np.float32), self.kind
-        )
+        return Detections(*self.frame_arrays(index, frame), self.kind)
 
 
 class MaskRCNNStage:

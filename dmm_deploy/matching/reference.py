@@ -138,8 +138,11 @@ def match_reference(
     else:
         rows, cols = valid_mask(sizes, n, m)
         mask = (rows & cols).to(work)
-        n_f = sizes[:, 0, None, None].to(work)  # (B, 1, 1)
-        m_f = sizes[:, 1, None, None].to(work)
+        # the counts of valid rows / columns: sizes clamped to [0, n] x [0, m] as the kernels
+        # do, so no value of sizes (unchecked inside torch.compile) reads outside the problem
+        # or divides by zero (an empty problem gives zeros)
+        n_f = rows.to(work).sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1, 1)
+        m_f = cols.to(work).sum(dim=2, keepdim=True).clamp(min=1)
         rows, cols = rows.to(work), cols.to(work)
         cost = torch.where(mask > 0, cost, 0.0)
         step = cost * lr

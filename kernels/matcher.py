@@ -100,6 +100,7 @@ to local memory (correct, but slower).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -1021,6 +1022,33 @@ def _language_is_interpreted() -> bool:
     return not isinstance(tl.standard.sum, JITFunction)
 
 
+@contextlib.contextmanager
+def jit_helpers():
+    """Make this module's ``@triton.jit`` helpers compilable while the block lasts.
+
+    Where this module was imported under ``TRITON_INTERPRET=1`` (tests that run the kernels in
+    the interpreter first), its helpers (``_relu``, ``_row_sum``, ...) are interpreter
+    functions, which the compiler cannot lower, even when ``triton.language`` itself was
+    imported without the interpreter. Ahead-of-time compilation (here and the TensorRT
+    plugin's) swaps fresh JIT functions in for them, and restores them after.
+    """
+    from triton.runtime.jit import JITFunction
+
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - Triton without an interpreter module
+        yield
+        return
+    module = globals()
+    swapped = {k: v for k, v in module.items() if isinstance(v, InterpretedFunction)}
+    for name, fn in swapped.items():
+        module[name] = JITFunction(_python_fn(fn))
+    try:
+        yield
+    finally:
+        module.update(swapped)
+
+
 def _compile_elsewhere(function: str, kwargs: dict) -> AotKernel:
     """Run ``function(**kwargs)`` of this module in a fresh Python without the interpreter."""
     import json
@@ -1096,9 +1124,10 @@ def _compile(
         else:
             signature[name] = "constexpr"
     src = ASTSource(fn=jit_fn, signature=signature, constexprs=constants, attrs=attrs)
-    compiled = triton.compile(
-        src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps}
-    )
+    with jit_helpers():
+        compiled = triton.compile(
+            src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps}
+        )
     meta = compiled.metadata
     if meta.global_scratch_size or meta.profile_scratch_size:  # the launcher passes null
         raise RuntimeError(f"{meta.name} unexpectedly needs Triton scratch memory")

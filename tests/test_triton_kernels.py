@@ -482,8 +482,11 @@ def test_kernels_compile_to_ptx_without_a_gpu(arch):
         assert f".target sm_{arch}" in kernel.ptx
         assert f".entry {name}(" in kernel.ptx
         assert f".reqntid {32 * kernel.num_warps}" in kernel.ptx
-        # reductions go through dynamic shared memory: a launcher must pass its size
-        assert ".extern .shared" in kernel.ptx and kernel.shared_bytes > 0
+        # 4 problems of 8 x 64 on 4 warps: one warp per problem, so the reductions stay in
+        # the warp (shuffles): no shared memory and no barrier at all
+        assert kernel.num_warps == 4
+        assert ".extern .shared" not in kernel.ptx and kernel.shared_bytes == 0
+        assert "bar.sync" not in kernel.ptx and "shfl.sync" in kernel.ptx
         # the documented arguments plus Triton's two scratch pointers
         params = kernel.ptx.split(f".entry {name}(")[1].split(")")[0].count(".param")
         assert params == len(kernel.args) + 2

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from kernels.matcher import _dmm_fwd_kernel, _python_fn
+from kernels.matcher import _dmm_fwd_kernel, _python_fn, jit_helpers
 
 __all__ = [
     "MIN_TENSORRT",
@@ -300,7 +300,7 @@ def compile_plugin_ptx(
     try:
         adapter = JITFunction(_python_fn(_dmm_match_trt_kernel))
         src = ASTSource(fn=adapter, signature=signature, constexprs=constexprs)
-        with _no_interpreter():
+        with _no_interpreter(), jit_helpers():
             compiled = triton.compile(
                 src,
                 target=GPUTarget("cuda", arch, 32),

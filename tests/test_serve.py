@@ -640,9 +640,20 @@ def test_serve_command_serves_until_sigterm(bundle_dir, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    # the server's ports are free again: its process is gone
+    # the server's ports are free again: its process is gone. SO_REUSEADDR lets the bind
+    # through connections left in TIME_WAIT by the client, not a socket still listening;
+    # the server's own shutdown may take a moment after the command returned
     import socket
 
     for port in ports:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", port))
+        deadline = time.monotonic() + 15
+        while True:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+            time.sleep(0.5)

@@ -23,40 +23,11 @@ from PIL import Image
 
 pytest.importorskip("onnxruntime")
 
+from synthetic import blob_detections
+
 from dmm_deploy.data import read_frame, read_mask
 from dmm_deploy.runtime import PrecomputedDetections, Runtime, StreamingSegmenter
 from dmm_deploy.serve.streams import FrameRequest, StreamError, StreamTable
-
-N_DET = 12
-
-
-def write_detections(path: Path, n_frames: int, size: tuple[int, int], seed: int) -> Path:
-    """Mask R-CNN-like detections (blobs in random boxes) in the precomputed ``.npz`` format."""
-    h, w = size
-    rows: dict[str, list] = {k: [] for k in ("frame", "boxes", "scores", "masks")}
-    yy, xx = np.mgrid[0:28, 0:28] / 27.0
-    for i in range(n_frames):
-        g = np.random.default_rng((seed, i))
-        for _ in range(N_DET):
-            x, y = g.uniform(0, 0.8) * w, g.uniform(0, 0.8) * h
-            bw, bh = g.uniform(0.05, 0.4) * w, g.uniform(0.05, 0.4) * h
-            c, r = g.uniform(0.3, 0.7, 2), g.uniform(0.2, 0.5, 2)
-            rows["frame"].append(i)
-            rows["boxes"].append([x, y, x + bw, y + bh])
-            rows["scores"].append(g.uniform())
-            blob = np.clip(1.2 - ((xx - c[0]) / r[0]) ** 2 - ((yy - c[1]) / r[1]) ** 2, 0, 1)
-            rows["masks"].append(blob.astype(np.float32))
-    np.savez(
-        path,
-        frame=np.array(rows["frame"], np.int64),
-        boxes=np.array(rows["boxes"], np.float32),
-        scores=np.array(rows["scores"], np.float32),
-        masks=np.stack(rows["masks"]),
-        mask_kind=np.array("box"),
-        image_size=np.array([h, w], np.int64),
-        num_frames=np.array(n_frames, np.int64),
-    )
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +73,7 @@ class Video:
         paths = [every[k if k < len(every) else period - k] for k in order]
         self.frames = [_shrink(read_frame(p), scale, Image.BILINEAR) for p in paths]
         self.size = self.frames[0].shape[:2]
-        self.npz = write_detections(tmp / f"{name}-{start}-{seed}.npz", n, self.size, seed)
+        self.npz = blob_detections(tmp / f"{name}-{start}-{seed}.npz", n, self.size, seed)
         masks = root / "masks" / name
         # frame 0's annotation: the sample's first mask; judo adds an object later (its 00008)
         self.anns = {0: _shrink(read_mask(masks / "00000.png"), scale, Image.NEAREST)}
@@ -476,7 +447,7 @@ def test_client_command_writes_the_offline_label_maps(server, runtime, shared_di
     root = shared_dir / "data" / "vos_samples"
     frames = sorted((root / "images" / "bike").glob("*.jpg"))
     size = read_frame(frames[0]).shape[:2]
-    npz = write_detections(tmp_path / "bike.npz", len(frames), size, seed=7)
+    npz = blob_detections(tmp_path / "bike.npz", len(frames), size, seed=7)
     p = argparse.ArgumentParser()
     add_client_args(p)
     args = p.parse_args(

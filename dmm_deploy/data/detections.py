@@ -1,7 +1,8 @@
-"""The precomputed-proposals ``.npz`` reader, in numpy (no torch): :class:`PrecomputedFile`.
+"""The precomputed-proposals ``.npz`` format in numpy (no torch): :class:`PrecomputedFile`
+reads it, :func:`write_precomputed` writes it.
 
-The format is documented in :mod:`dmm_deploy.model.sources` (which writes it). This is the one
-place that parses and validates a file; the torch source
+The format is documented in :mod:`dmm_deploy.model.sources`. This is the one place that parses,
+validates and writes a file; the torch source
 (:class:`dmm_deploy.model.PrecomputedProposals`) and the runtime's
 (:class:`dmm_deploy.runtime.PrecomputedDetections`) wrap it.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MASK_KINDS", "PrecomputedFile"]
+__all__ = ["MASK_KINDS", "PrecomputedFile", "write_precomputed"]
 
 MASK_KINDS = ("box", "frame")
 
@@ -86,3 +87,51 @@ class PrecomputedFile:
         masks = self._masks[lo:hi]
         masks = masks.astype(np.float32) / 255.0 if masks.dtype == np.uint8 else masks
         return self._boxes[lo:hi], self._scores[lo:hi], masks.astype(np.float32)
+
+
+def write_precomputed(
+    path: str | os.PathLike,
+    frame: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    masks: np.ndarray,
+    kind: str,
+    image_size: tuple[int, int],
+    num_frames: int,
+) -> None:
+    """Write ``N`` detections of one video (arrays as in the format table) to ``path``.
+
+    Float masks are probabilities in ``[0, 1]`` and are stored as uint8 (probability x 255,
+    rounded); uint8 masks are stored as given. Shapes are checked as :class:`PrecomputedFile`
+    checks them, so what this writes reads back.
+    """
+    frame = np.asarray(frame, dtype=np.int64)
+    n = frame.shape[0]
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float32)
+    masks = np.asarray(masks)
+    if masks.dtype != np.uint8:
+        masks = np.round(np.clip(masks.astype(np.float32), 0, 1) * 255).astype(np.uint8)
+    if kind not in MASK_KINDS:
+        raise ValueError(f"kind must be one of {MASK_KINDS}, got {kind!r}")
+    if frame.ndim != 1 or boxes.shape[0] != n or scores.shape != (n,) or masks.ndim != 3:
+        raise ValueError(
+            f"detections must be frame (N,), boxes (N, 4), scores (N,), masks (N, S, S); got "
+            f"frame {frame.shape}, boxes {boxes.shape}, scores {scores.shape}, masks {masks.shape}"
+        )
+    if masks.shape[0] != n:
+        raise ValueError(f"masks hold {masks.shape[0]} detections, frame holds {n}")
+    if n and (frame.min() < 0 or frame.max() >= num_frames):
+        raise ValueError(
+            f"frame indices must lie in [0, {num_frames}), got {frame.min()}..{frame.max()}"
+        )
+    np.savez_compressed(
+        path,
+        frame=frame,
+        boxes=boxes,
+        scores=scores,
+        masks=masks,
+        mask_kind=np.array(kind),
+        image_size=np.array(image_size, dtype=np.int64),
+        num_frames=np.array(num_frames, dtype=np.int64),
+    )

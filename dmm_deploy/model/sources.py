@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmm_deploy.data.detections import PrecomputedFile
+from dmm_deploy.data.detections import PrecomputedFile, write_precomputed
 from dmm_deploy.model.proposals import Detections
 
 __all__ = [
@@ -150,10 +150,6 @@ class MaskRCNNProposals(ProposalSource):
 # --------------------------------------------------------------------------- precomputed
 
 
-def _quantise(masks: torch.Tensor) -> np.ndarray:
-    return np.round(masks.clamp(0, 1).numpy() * 255).astype(np.uint8)
-
-
 def save_precomputed(
     path: str | os.PathLike, detections: Sequence[Detections], image_size: tuple[int, int]
 ) -> None:
@@ -172,18 +168,9 @@ def save_precomputed(
     boxes = np.concatenate([d.boxes.numpy() for d in detections] + [np.zeros((0, 4))])
     scores = np.concatenate([d.scores.numpy() for d in detections] + [np.zeros(0)])
     masks = np.concatenate(
-        [_quantise(d.masks) for d in detections if len(d)] + [np.zeros((0, *side), np.uint8)]
+        [d.masks.float().numpy() for d in detections if len(d)] + [np.zeros((0, *side))]
     )
-    np.savez_compressed(
-        path,
-        frame=frame,
-        boxes=boxes.astype(np.float32),
-        scores=scores.astype(np.float32),
-        masks=masks,
-        mask_kind=np.array(kind),
-        image_size=np.array(image_size, dtype=np.int64),
-        num_frames=np.array(len(detections), dtype=np.int64),
-    )
+    write_precomputed(path, frame, boxes, scores, masks, kind, image_size, len(detections))
 
 
 class PrecomputedProposals(PrecomputedFile, ProposalSource):

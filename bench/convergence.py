@@ -22,13 +22,23 @@ and normalises every row to sum 1.
 
 Part 2 (table). 1000 random problems, ``n`` uniform in 1..10, ``m`` uniform in n..100, costs
 uniform in [0, 1), padded to one ``(1000, 10, 100)`` float32 batch with ``sizes``, solved by
-one batched call per setting, from zeros and from the greedy start: relative objective gap
-``(Tr(C Xhat^T) - opt) / |opt|`` of the returned ``Xhat``, its constraint violation, and the
-agreement of ``hard_assign(Xhat)`` (row argmax) with ``exact_assign``.
+one batched call per setting, start and matcher variant (``--variants``, default both:
+``listing1``, the specification, and ``original``, the original code's ``relax_match``), from
+zeros and from the greedy start; every variant sees the same problems and the same starts.
+Reported: relative objective gap ``(Tr(C Xhat^T) - opt) / |opt|`` of the returned ``Xhat``,
+its constraint violation, the agreement of ``hard_assign(Xhat)`` (row argmax) with
+``exact_assign``, and the outer steps taken (``MatchInfo.steps``: fewer than ``N_grad``
+where the ``original`` variant's early exit fired). The ``original`` variant returns the mean
+of pre-projection iterates, infeasible by construction, so its gap and violation describe
+that mean, not a feasible assignment; its row argmax is what the original code uses.
+
+Part 1 runs the ``listing1`` variant only (the supplement's figure is of Listing 1).
 
 Outputs (``--out``, default ``bench/results/cpu``): ``convergence.png``,
 ``convergence_curves.csv``, ``convergence_inner.csv``, ``convergence_table.csv``,
-``convergence.md``. ``--quick`` runs a tiny version (for the smoke test).
+``convergence.md``. ``--table-only`` runs Part 2 alone and writes ``convergence_table.csv``
+and ``convergence_table.md`` (``convergence.md`` and the curves are left as they are).
+``--quick`` runs a tiny version (for the smoke test).
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ from _common import (
     write_csv,
 )
 
-from dmm_deploy.matching import dmm_match, exact_assign, greedy_init, hard_assign
+from dmm_deploy.matching import VARIANTS, dmm_match, exact_assign, greedy_init, hard_assign
 
 # (n_grad, n_proj, lr) of the accuracy table: the video setting of the original code, the
 # video iteration counts at the paper's lr, and the paper's random-cost setting.
@@ -240,42 +250,67 @@ def accuracy(x: torch.Tensor, cost, sizes, exact, opt) -> dict[str, float]:
     }
 
 
+def solve_table(
+    cost: torch.Tensor,
+    sizes: torch.Tensor,
+    init: str,
+    n_grad: int,
+    n_proj: int,
+    lr: float,
+    variant: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One table cell: the layer's output and the outer steps taken per problem ``(B,)``.
+
+    ``init`` is ``"zeros"`` or ``"greedy"``. Only ``original`` can stop early, so only its call
+    records ``MatchInfo`` (``steps``); ``listing1`` always takes ``n_grad`` steps.
+    """
+    kwargs = dict(n_grad=n_grad, n_proj=n_proj, lr=lr, sizes=sizes, backend="torch")
+    start = None if init == "zeros" else "greedy"
+    with torch.inference_mode():
+        if variant == "original":
+            x, info = dmm_match(cost, start, variant=variant, return_info=True, **kwargs)
+            return x, info.steps
+        x = dmm_match(cost, start, variant=variant, **kwargs)
+    return x, torch.full((cost.shape[0],), n_grad, dtype=torch.int64)
+
+
 def run_table(args) -> list[dict]:
     """Part 2: accuracy against the exact optimum over random padded problems.
 
     The first row is the greedy start alone (no iteration), the baseline of the ``greedy`` rows.
+    Then, per setting and start, one row per variant of ``args.variants``: the same problems
+    and the same starts for every variant (a variant's rows do not depend on which others run).
     """
     cost, sizes = random_table_problems(args.table_problems, 10, 100, args.seed + 1)
     exact = exact_assign(cost, sizes)
     opt = optimum(cost, sizes)
     settings = QUICK_TABLE_SETTINGS if args.quick else TABLE_SETTINGS
-    start = {"n_grad": 0, "n_proj": 0, "lr": "", "init": "greedy (start only)"}
+    start = {"n_grad": 0, "n_proj": 0, "lr": "", "init": "greedy (start only)", "variant": ""}
     start.update(accuracy(greedy_init(cost, sizes), cost, sizes, exact, opt))
-    rows = [{**start, "problems": int(cost.shape[0]), "seconds": 0.0}]
+    start.update(steps_mean=0.0, early_exit="", problems=int(cost.shape[0]), seconds=0.0)
+    rows = [start]
     for n_grad, n_proj, lr in settings:
         for init in ("zeros", "greedy"):
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                x = dmm_match(
-                    cost,
-                    None if init == "zeros" else "greedy",
-                    n_grad=n_grad,
-                    n_proj=n_proj,
-                    lr=lr,
-                    sizes=sizes,
-                    backend="torch",
+            for variant in args.variants:
+                t0 = time.perf_counter()
+                x, steps = solve_table(cost, sizes, init, n_grad, n_proj, lr, variant)
+                elapsed = time.perf_counter() - t0
+                row = {"n_grad": n_grad, "n_proj": n_proj, "lr": lr, "init": init}
+                row["variant"] = variant
+                row.update(accuracy(x, cost, sizes, exact, opt))
+                row.update(
+                    steps_mean=float(steps.double().mean()),
+                    early_exit=float((steps < n_grad).double().mean()),
+                    problems=int(cost.shape[0]),
+                    seconds=elapsed,
                 )
-            elapsed = time.perf_counter() - t0
-            row = {"n_grad": n_grad, "n_proj": n_proj, "lr": lr, "init": init}
-            row.update(accuracy(x, cost, sizes, exact, opt))
-            row.update(problems=int(cost.shape[0]), seconds=elapsed)
-            rows.append(row)
-            print(
-                f"table {n_grad}x{n_proj} lr={lr} {init}: gap median {row['gap_median']:.3g}, "
-                f"rows {row['row_agreement']:.3f}, problems {row['problem_agreement']:.3f} "
-                f"({elapsed:.1f} s)",
-                flush=True,
-            )
+                rows.append(row)
+                print(
+                    f"table {n_grad}x{n_proj} lr={lr} {init} {variant}: gap median "
+                    f"{row['gap_median']:.3g}, rows {row['row_agreement']:.3f}, problems "
+                    f"{row['problem_agreement']:.3f} ({elapsed:.1f} s)",
+                    flush=True,
+                )
     return rows
 
 
@@ -299,19 +334,96 @@ def curve_summary(curve_rows: list[dict], n_grad: int) -> tuple[list[dict], list
     return list(table.values()), ["k=0", *(f"k={k}" for k in steps)]
 
 
+def _header(info: dict, args) -> list[str]:
+    return [f"Machine:\n\n{machine_markdown(info)}", "", f"Command: `{args.command}`", ""]
+
+
+def table_markdown(args, table_rows: list[dict]) -> list[str]:
+    """The accuracy table's section (Part 2), as markdown lines."""
+    variants = " and ".join(f"`{v}`" for v in args.variants)
+    return [
+        f"## Accuracy over {args.table_problems} random problems "
+        "(n <= 10, m in n..100, U[0, 1), float32, one padded batch)",
+        "",
+        f"Matcher variants {variants} (`dmm_match(..., variant=...)`): `listing1` is the "
+        "specification (Listing 1: the mean of the start and the projected iterates, "
+        "projections rows -> columns -> non-negativity, fixed counts); `original` is the "
+        "original code's `relax_match` (the mean of the start and the iterates right after "
+        "each gradient step, before that step's projections; non-negativity -> columns -> "
+        "rows; early exits). Both variants solve the same problems from the same starts, "
+        "side by side. `original` at 40 x 5, lr 0.1, greedy start is the original code's "
+        "test-time setting.",
+        "",
+        "gap = (Tr(C Xhat^T) - opt) / |opt| of the returned mean of iterates Xhat; gap per row: "
+        "(Tr(C Xhat^T) - opt) / n, absolute; violation: "
+        "max constraint violation of Xhat; rows / problems: fraction of rows (problems) whose "
+        "row argmax equals the exact assignment; matching: fraction of problems whose row "
+        "argmax picks distinct columns; steps: mean outer steps taken; early exit: fraction "
+        "of problems whose early exit fired before N_grad (`original` only; `listing1` always "
+        "takes N_grad). `greedy (start only)`: the greedy start itself, "
+        "before any iteration. zeros / greedy: the start of the iteration. The `original` "
+        "mean averages pre-projection iterates X - lr C, so it is infeasible by construction "
+        "(rows off by about lr * sum_j C_ij) and its objective can fall below the optimum "
+        "(negative gap): for `original`, gap and violation describe that mean, not a "
+        "feasible assignment, and the comparable columns are rows, problems and matching "
+        "(the original code reads the row argmax).",
+        "",
+        markdown_table(
+            table_rows,
+            [
+                "n_grad",
+                "n_proj",
+                "lr",
+                "init",
+                "variant",
+                "gap_median",
+                "gap_mean",
+                "gap_p90",
+                "row_gap_median",
+                "violation_median",
+                "row_agreement",
+                "problem_agreement",
+                "argmax_is_matching",
+                "steps_mean",
+                "early_exit",
+            ],
+            [
+                "N_grad",
+                "N_proj",
+                "lr",
+                "init",
+                "variant",
+                "gap median",
+                "gap mean",
+                "gap p90",
+                "gap per row median",
+                "violation median",
+                "rows",
+                "problems",
+                "matching",
+                "steps",
+                "early exit",
+            ],
+        ),
+        "",
+        "Wall times per call are in the CSV (`seconds`) for reference only: the machine was a "
+        "shared, loaded 2-core CPU, and the `original` calls also record `MatchInfo` (for "
+        "`steps`); they are not a speed comparison.",
+        "",
+    ]
+
+
 def write_markdown(path: Path, args, curve_rows, table_rows, info) -> None:
     """The summary: final objectives against the optimum, and the accuracy table."""
     summary, step_cols = curve_summary(curve_rows, args.n_grad)
     parts = [
         "# Matcher convergence on random costs (supplement Fig. 5)",
         "",
-        f"Machine:\n\n{machine_markdown(info)}",
-        "",
-        f"Command: `{args.command}`",
-        "",
+        *_header(info, args),
         "## Curves: 3 random 5 x 100 costs, U[0, 1), "
         f"{args.inits} random starts ({args.init}), N_proj = {args.n_proj}",
         "",
+        "Variant `listing1` (the specification; the supplement's figure is of Listing 1). "
         "Tr(C X_k^T) of the iterate after outer step k, mean over the starts; the exact "
         f"optimum; the layer's output (mean of iterates 0..{args.n_grad}); and the iterate's "
         f"relative gap (Tr(C X_k^T) - opt) / opt at k = {args.n_grad}.",
@@ -331,48 +443,18 @@ def write_markdown(path: Path, args, curve_rows, table_rows, info) -> None:
         "",
         "![convergence](convergence.png)",
         "",
-        f"## Accuracy over {args.table_problems} random problems "
-        "(n <= 10, m in n..100, U[0, 1), float32, one padded batch)",
+        *table_markdown(args, table_rows),
+    ]
+    path.write_text("\n".join(parts))
+
+
+def write_table_markdown(path: Path, args, table_rows, info) -> None:
+    """The accuracy table alone (``--table-only``)."""
+    parts = [
+        "# Matcher accuracy on random costs, both variants",
         "",
-        "gap = (Tr(C Xhat^T) - opt) / |opt| of the returned mean of iterates Xhat; gap per row: "
-        "(Tr(C Xhat^T) - opt) / n, absolute; violation: "
-        "max constraint violation of Xhat; rows / problems: fraction of rows (problems) whose "
-        "row argmax equals the exact assignment; matching: fraction of problems whose row "
-        "argmax picks distinct columns. `greedy (start only)`: the greedy start itself, "
-        "before any iteration. zeros / greedy: the start of the iteration.",
-        "",
-        markdown_table(
-            table_rows,
-            [
-                "n_grad",
-                "n_proj",
-                "lr",
-                "init",
-                "gap_median",
-                "gap_mean",
-                "gap_p90",
-                "row_gap_median",
-                "violation_median",
-                "row_agreement",
-                "problem_agreement",
-                "argmax_is_matching",
-            ],
-            [
-                "N_grad",
-                "N_proj",
-                "lr",
-                "init",
-                "gap median",
-                "gap mean",
-                "gap p90",
-                "gap per row median",
-                "violation median",
-                "rows",
-                "problems",
-                "matching",
-            ],
-        ),
-        "",
+        *_header(info, args),
+        *table_markdown(args, table_rows),
     ]
     path.write_text("\n".join(parts))
 
@@ -389,6 +471,18 @@ def parse_args(argv=None):
     p.add_argument("--inits", type=int, default=10)
     p.add_argument("--init", choices=("onehot", "dense"), default="onehot")
     p.add_argument("--table-problems", type=int, default=1000)
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="matcher variants of the accuracy table (default: all)",
+    )
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="run only the accuracy table; writes convergence_table.{csv,md}",
+    )
     args = p.parse_args(argv)
     argv_used = sys.argv[1:] if argv is None else list(argv)
     args.command = " ".join(["python", f"bench/{Path(__file__).name}", *argv_used])
@@ -399,6 +493,7 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be a positive integer")
     if any(lr <= 0 for lr in args.lrs):
         p.error("--lrs must be positive")
+    args.variants = list(dict.fromkeys(args.variants))  # keep order, drop repeats
     return args
 
 
@@ -408,6 +503,12 @@ def main(argv=None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
+    if args.table_only:
+        table_rows = run_table(args)
+        write_csv(out / "convergence_table.csv", table_rows)
+        write_table_markdown(out / "convergence_table.md", args, table_rows, info)
+        print(f"wrote {out}/convergence_table.{{csv,md}}")
+        return 0
     curve_rows, inner_rows, plot = run_curves(args)
     write_csv(out / "convergence_curves.csv", curve_rows, digits=7)
     write_csv(out / "convergence_inner.csv", inner_rows, digits=7)

@@ -177,14 +177,70 @@ def test_convergence_quick_end_to_end(tmp_path):
     assert {r["inner_step"] for r in inner} == {"1", "2", "3", "4"}
     assert all(float(r["projection_error_mean"]) >= 0 for r in inner)
     table = _read_csv(tmp_path / "convergence_table.csv")
-    assert len(table) == 1 + 2 * len(convergence.QUICK_TABLE_SETTINGS)
-    assert table[0]["init"] == "greedy (start only)"
+    settings = convergence.QUICK_TABLE_SETTINGS
+    assert len(table) == 1 + 2 * 2 * len(settings)  # start row; settings x starts x variants
+    assert table[0]["init"] == "greedy (start only)" and table[0]["variant"] == ""
+    solved = table[1:]
+    # every (setting, start) cell has both variants, side by side, listing1 first
+    cells = [(r["n_grad"], r["n_proj"], r["lr"], r["init"]) for r in solved]
+    want = [
+        (str(g), str(p), str(lr), init)
+        for g, p, lr in settings
+        for init in ("zeros", "greedy")
+        for _ in ("listing1", "original")
+    ]
+    assert cells == want
+    assert [r["variant"] for r in solved] == ["listing1", "original"] * (2 * len(settings))
     for r in table:
         assert 0 <= float(r["row_agreement"]) <= 1
         assert 0 <= float(r["problem_agreement"]) <= float(r["row_agreement"])
-        assert np.isfinite(float(r["gap_median"]))
+        assert 0 <= float(r["argmax_is_matching"]) <= 1
+        assert int(r["problems"]) == 16
+    for r in solved:
+        for key in ("gap_median", "gap_mean", "gap_p90", "row_gap_median", "violation_median"):
+            assert np.isfinite(float(r[key])), (r["variant"], key)
+        assert float(r["violation_median"]) >= 0
+        n_grad = int(r["n_grad"])
+        assert 1 <= float(r["steps_mean"]) <= n_grad
+        assert 0 <= float(r["early_exit"]) <= 1
+        if r["variant"] == "listing1":  # fixed counts: never stops early
+            assert float(r["steps_mean"]) == n_grad and float(r["early_exit"]) == 0
+    # the variants differ: the original's mean averages pre-projection iterates
+    for lis, ori in zip(solved[::2], solved[1::2], strict=True):
+        assert float(lis["gap_mean"]) != float(ori["gap_mean"])
     assert (tmp_path / "convergence.png").read_bytes()[:8] == PNG_MAGIC
-    assert "exact" in (tmp_path / "convergence.md").read_text()
+    md = (tmp_path / "convergence.md").read_text()
+    assert "exact" in md and "| variant |" in md
+    assert "| listing1 |" in md and "| original |" in md
+
+
+def test_convergence_table_only_one_variant_same_rows(tmp_path, capsys):
+    """--table-only writes the table alone; a variant's rows do not depend on the others."""
+    assert convergence.main(["--quick", "--table-only", "--out", str(tmp_path)]) == 0
+    both = _read_csv(tmp_path / "convergence_table.csv")
+    md = (tmp_path / "convergence_table.md").read_text()
+    assert "| original |" in md and "Command: `python bench/convergence.py --quick" in md
+    assert not (tmp_path / "convergence.md").exists()
+    assert not (tmp_path / "convergence_curves.csv").exists()
+    out = tmp_path / "original"
+    argv = ["--quick", "--table-only", "--variants", "original", "--out", str(out)]
+    assert convergence.main(argv) == 0
+    alone = _read_csv(out / "convergence_table.csv")
+    assert {r["variant"] for r in alone[1:]} == {"original"}
+    skip = {"seconds"}
+    strip = [
+        {k: v for k, v in r.items() if k not in skip} for r in both if r["variant"] != "listing1"
+    ]
+    assert [{k: v for k, v in r.items() if k not in skip} for r in alone] == strip
+
+
+def test_convergence_rejects_unknown_variant(capsys):
+    with pytest.raises(SystemExit):
+        convergence.parse_args(["--variants", "listing2"])
+    assert "listing2" in capsys.readouterr().err
+    args = convergence.parse_args(["--variants", "original", "listing1", "original"])
+    assert args.variants == ["original", "listing1"]
+    assert convergence.parse_args([]).variants == ["listing1", "original"]
 
 
 def test_write_csv_rounds_floats_on_request(tmp_path):

@@ -479,6 +479,12 @@ def parse_args(argv=None):
         help="matcher variants of the accuracy table (default: all)",
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own choice); float32 rounding may depend on it",
+    )
+    p.add_argument(
         "--table-only",
         action="store_true",
         help="run only the accuracy table; writes convergence_table.{csv,md}",
@@ -488,6 +494,8 @@ def parse_args(argv=None):
     args.command = " ".join(["python", f"bench/{Path(__file__).name}", *argv_used])
     if args.quick:
         args.n_grad, args.n_proj, args.inits, args.table_problems = 12, 4, 3, 16
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be a positive integer")
     for name in ("n_grad", "n_proj", "matrices", "inits", "table_problems"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be a positive integer")
@@ -499,6 +507,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -241,6 +241,9 @@ def test_convergence_rejects_unknown_variant(capsys):
     args = convergence.parse_args(["--variants", "original", "listing1", "original"])
     assert args.variants == ["original", "listing1"]
     assert convergence.parse_args([]).variants == ["listing1", "original"]
+    with pytest.raises(SystemExit):
+        convergence.parse_args(["--threads", "0"])
+    assert "--threads" in capsys.readouterr().err
 
 
 def test_write_csv_rounds_floats_on_request(tmp_path):

@@ -27,8 +27,8 @@ one batched call per setting, start and matcher variant (``--variants``, default
 zeros and from the greedy start; every variant sees the same problems and the same starts.
 Reported: relative objective gap ``(Tr(C Xhat^T) - opt) / |opt|`` of the returned ``Xhat``,
 its constraint violation, the agreement of ``hard_assign(Xhat)`` (row argmax) with
-``exact_assign``, and the outer steps taken (``MatchInfo.steps``: fewer than ``N_grad``
-where the ``original`` variant's early exit fired). The ``original`` variant returns the mean
+``exact_assign`` and with ``listing1``'s row argmax in the same cell, and the outer steps
+taken (``MatchInfo.steps``: fewer than ``N_grad`` where ``original``'s early exit fired). The ``original`` variant returns the mean
 of pre-projection iterates, infeasible by construction, so its gap and violation describe
 that mean, not a feasible assignment; its row argmax is what the original code uses.
 
@@ -283,22 +283,32 @@ def run_table(args) -> list[dict]:
     """
     cost, sizes = random_table_problems(args.table_problems, 10, 100, args.seed + 1)
     exact = exact_assign(cost, sizes)
+    valid_rows = exact >= 0
     opt = optimum(cost, sizes)
     settings = QUICK_TABLE_SETTINGS if args.quick else TABLE_SETTINGS
     start = {"n_grad": 0, "n_proj": 0, "lr": "", "init": "greedy (start only)", "variant": ""}
     start.update(accuracy(greedy_init(cost, sizes), cost, sizes, exact, opt))
-    start.update(steps_mean=0.0, early_exit="", problems=int(cost.shape[0]), seconds=0.0)
+    start.update(
+        same_as_listing1="", steps_mean=0.0, early_exit="", problems=int(cost.shape[0]), seconds=0.0
+    )
     rows = [start]
     for n_grad, n_proj, lr in settings:
         for init in ("zeros", "greedy"):
-            for variant in args.variants:
+            spec_hard = None  # listing1's row argmax in this cell, when listing1 runs
+            for variant in sorted(args.variants, key=VARIANTS.index):
                 t0 = time.perf_counter()
                 x, steps = solve_table(cost, sizes, init, n_grad, n_proj, lr, variant)
                 elapsed = time.perf_counter() - t0
+                hard = hard_assign(x, sizes)
+                if variant == "listing1":
+                    spec_hard = hard
                 row = {"n_grad": n_grad, "n_proj": n_proj, "lr": lr, "init": init}
                 row["variant"] = variant
                 row.update(accuracy(x, cost, sizes, exact, opt))
                 row.update(
+                    same_as_listing1=""
+                    if spec_hard is None
+                    else float((hard == spec_hard)[valid_rows].double().mean()),
                     steps_mean=float(steps.double().mean()),
                     early_exit=float((steps < n_grad).double().mean()),
                     problems=int(cost.shape[0]),
@@ -358,7 +368,9 @@ def table_markdown(args, table_rows: list[dict]) -> list[str]:
         "(Tr(C Xhat^T) - opt) / n, absolute; violation: "
         "max constraint violation of Xhat; rows / problems: fraction of rows (problems) whose "
         "row argmax equals the exact assignment; matching: fraction of problems whose row "
-        "argmax picks distinct columns; steps: mean outer steps taken; early exit: fraction "
+        "argmax picks distinct columns; rows = listing1: fraction of rows whose row argmax "
+        "equals `listing1`'s in the same setting and start (needs `listing1` in the run); "
+        "steps: mean outer steps taken; early exit: fraction "
         "of problems whose early exit fired before N_grad (`original` only; `listing1` always "
         "takes N_grad). `greedy (start only)`: the greedy start itself, "
         "before any iteration. zeros / greedy: the start of the iteration. The `original` "
@@ -384,6 +396,7 @@ def table_markdown(args, table_rows: list[dict]) -> list[str]:
                 "row_agreement",
                 "problem_agreement",
                 "argmax_is_matching",
+                "same_as_listing1",
                 "steps_mean",
                 "early_exit",
             ],
@@ -401,6 +414,7 @@ def table_markdown(args, table_rows: list[dict]) -> list[str]:
                 "rows",
                 "problems",
                 "matching",
+                "rows = listing1",
                 "steps",
                 "early exit",
             ],

@@ -203,8 +203,10 @@ def test_convergence_quick_end_to_end(tmp_path):
         n_grad = int(r["n_grad"])
         assert 1 <= float(r["steps_mean"]) <= n_grad
         assert 0 <= float(r["early_exit"]) <= 1
+        assert 0 <= float(r["same_as_listing1"]) <= 1
         if r["variant"] == "listing1":  # fixed counts: never stops early
             assert float(r["steps_mean"]) == n_grad and float(r["early_exit"]) == 0
+            assert float(r["same_as_listing1"]) == 1
     # the variants differ: the original's mean averages pre-projection iterates
     for lis, ori in zip(solved[::2], solved[1::2], strict=True):
         assert float(lis["gap_mean"]) != float(ori["gap_mean"])
@@ -227,7 +229,8 @@ def test_convergence_table_only_one_variant_same_rows(tmp_path, capsys):
     assert convergence.main(argv) == 0
     alone = _read_csv(out / "convergence_table.csv")
     assert {r["variant"] for r in alone[1:]} == {"original"}
-    skip = {"seconds"}
+    assert all(r["same_as_listing1"] == "" for r in alone)  # nothing to compare with
+    skip = {"seconds", "same_as_listing1"}
     strip = [
         {k: v for k, v in r.items() if k not in skip} for r in both if r["variant"] != "listing1"
     ]

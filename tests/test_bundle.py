@@ -251,10 +251,25 @@ def test_export_model_job_arguments(tmp_path):
         bundle_job.run(args)
 
 
-def test_export_refuses_models_the_runtime_does_not_implement(tmp_path):
-    net = DMMNet(CFG.replace(compat="original", input_size=(96, 160)))
-    with pytest.raises(NotImplementedError, match="compat='original'"):
-        export_bundle(net, tmp_path)
+def test_export_model_config_follows_compat_and_matching(tmp_path):
+    """--compat defaults to the original's pipeline with --checkpoint (as segment does),
+    to this project's otherwise; --matching is passed through."""
+    import argparse
+
+    from dmm_deploy.export import bundle_job
+
+    parser = argparse.ArgumentParser()
+    bundle_job.add_args(parser)
+    base = ["--out", str(tmp_path / "b"), "--backbone", "resnet18"]
+    cfg = bundle_job.model_config(parser.parse_args([*base, "--random-weights"]), (96, 160))
+    assert cfg.compat == "default" and cfg.matching == "dmm" and cfg.merge_at == "frame"
+    args = parser.parse_args([*base, "--checkpoint", "ckpt", "--matching", "exact"])
+    cfg = bundle_job.model_config(args, (96, 160))
+    assert cfg.compat == "original" and cfg.matching == "exact" and cfg.merge_at == "input"
+    args = parser.parse_args([*base, "--checkpoint", "ckpt", "--compat", "default"])
+    assert bundle_job.model_config(args, (96, 160)).compat == "default"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--matching", "greedy"])
 
 
 def test_build_segmenter_runs_a_bundle(bundle, videos):

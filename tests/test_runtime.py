@@ -224,14 +224,18 @@ def test_tensorrt_backend_needs_cuda_and_tensorrt(tmp_path):
         pytest.skip("TensorRT is installed: the engine path is exercised on a GPU machine")
 
 
-def test_models_configured_otherwise_are_refused(tmp_path):
+def test_unknown_model_settings_are_refused(tmp_path):
     root = _tiny_bundle(tmp_path / "b")
     data = json.loads((root / "manifest.json").read_text())
-    data["config"].update(compat="original", merge_at="input")
+    data["config"].update(compat="original", merge_at="input", matching="exact")
+    (root / "manifest.json").write_text(json.dumps(data))
+    rt = Runtime.open(root)  # the original's pipeline and exact matching are implemented
+    assert rt.cfg["merge_at"] == "input" and rt.cfg["no_detections"] == "pad"  # absent: default
+    data["config"].update(compat="future", matching="auction")
     (root / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(BundleError) as e:
         Bundle.load(root)
-    assert "compat='original'" in _one_line(e) and "merge_at='input'" in str(e.value)
+    assert "compat='future'" in _one_line(e) and "matching='auction'" in str(e.value)
 
 
 def test_build_segmenter_checks_its_options(tmp_path):

@@ -14,6 +14,11 @@ the box embedding needs the proposals, which arrive after the encoder (from a de
 file), so it cannot join the encoder graph without making the detector part of it; the cost,
 the greedy start, the 200-cycle matcher and the read-out are one graph since each consumes
 only the previous one's output (one host round trip instead of three).
+
+Every DMMConfig exports: the match graph unrolls the config's ``matcher_variant`` (the
+original's early exits as frozen masks, no Loop/If); a ``matching="exact"`` model's match graph
+ends at the cost (the runtime solves the assignment on the host); the other behaviour
+switches are pre/post-processing, which the runtime reads from the manifest's config.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ import onnx
 import torch
 
 from dmm_deploy.export.bundle_stages import (
-    STAGE_IO,
     DecoderStage,
     EmbedStage,
     EncoderStage,
     MaskRCNNStage,
     MatchStage,
+    stage_io,
 )
 from dmm_deploy.export.onnx_export import fold_constant_nodes, ort_session
 from dmm_deploy.export.precision import apply_precision
@@ -138,8 +143,8 @@ def _example_inputs(net: DMMNet, stage: str, batch: int, seed: int) -> tuple[tor
     raise KeyError(stage)
 
 
-def _dynamic_axes(stage: str) -> dict[str, dict[int, str]]:
-    ins, outs = STAGE_IO[stage]
+def _dynamic_axes(stage: str, cfg) -> dict[str, dict[int, str]]:
+    ins, outs = stage_io(stage, cfg)
     if stage == "proposals":
         return {"image": {1: "H", 2: "W"}, **{n: {0: "D"} for n in outs}}
     if stage == "encoder":
@@ -155,8 +160,10 @@ def _dynamic_axes(stage: str) -> dict[str, dict[int, str]]:
             "prev_masks": {0: "B", 1: "O"},
             "proposal_masks": {0: "B", 1: "M"},
             "sizes": {0: "B"},
-            "assignment": {0: "B", 1: "O", 2: "M"},
-            "matched": {0: "B", 1: "O"},
+            **{
+                n: {0: "B", 1: "O", 2: "M"} if n in ("assignment", "cost") else {0: "B", 1: "O"}
+                for n in outs
+            },
         }
     return {n: {0: "B"} for n in (*ins, *outs)}
 
@@ -178,7 +185,7 @@ def _export_stage(
 ) -> onnx.ModelProto:
     module = _module(net, stage, detector)
     args = _example_inputs(net, stage, batch=2, seed=0)
-    ins, outs = STAGE_IO[stage]
+    ins, outs = stage_io(stage, net.cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and trace warnings
         torch.onnx.export(
@@ -189,7 +196,7 @@ def _export_stage(
             opset_version=OPSET,
             input_names=list(ins),
             output_names=list(outs),
-            dynamic_axes=_dynamic_axes(stage),
+            dynamic_axes=_dynamic_axes(stage, net.cfg),
             do_constant_folding=True,
         )
     model = onnx.load(str(path))
@@ -239,7 +246,7 @@ def _parity(net: DMMNet, stage: str, path: Path, threads: int, detector=None) ->
     dtypes = {i.name: i.type for i in sess.get_inputs()}
     module = _module(net, stage, detector)
     ref64 = None if stage == "proposals" else copy.deepcopy(module).double()
-    ins, outs = STAGE_IO[stage]
+    ins, outs = stage_io(stage, net.cfg)
     err = scale = 0.0
     err64 = torch64 = 0.0
     for batch, seed in ((1, 1), (3, 2)):
@@ -363,10 +370,9 @@ def export_bundle(
     if not isinstance(net, DMMNet):
         raise TypeError(f"net must be a DMMNet, got {type(net).__name__}")
     unsupported = unsupported_behaviour(asdict(net.cfg))
-    if unsupported:
+    if unsupported:  # DMMConfig validates these; a guard for configs built around it
         raise NotImplementedError(
-            f"the runtime implements the default pipeline; this model has {', '.join(unsupported)} "
-            "(export a DMMConfig with compat='default', matching='dmm' and default switches)"
+            f"the runtime does not implement {', '.join(unsupported)}; cannot export this model"
         )
     net = net.eval()
     out = Path(out)

@@ -4,6 +4,7 @@
         [--backbone resnet101] [--input-size 255x448] [--precision fp32|mixed|fp16]
         [--proposals precomputed|maskrcnn [--maskrcnn-weights FILE|COCO_V1]
          [--maskrcnn-version v1|v2] [--detector-size 800]]
+        [--compat original|default] [--matching dmm|exact]
         [--matching-only] [--seed 0] [--threads 1]
 
 Every graph passes onnx.checker, the TensorRT 10.3 / 11.0 parser check and a parity check
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_args", "run"]
+__all__ = ["add_args", "model_config", "run"]
 
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101")
 
@@ -53,6 +54,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--detector-size", type=int, default=800, metavar="PX", help="Mask R-CNN's shorter side"
     )
     parser.add_argument(
+        "--compat",
+        choices=("original", "default"),
+        help="'original': the original code's test-time pipeline, for its checkpoints (default "
+        "with --checkpoint); 'default': this project's (default otherwise); saved in the manifest",
+    )
+    parser.add_argument(
+        "--matching",
+        choices=("dmm", "exact"),
+        default="dmm",
+        help="'dmm': the DMM matching layer (default); 'exact': the exact assignment "
+        "(Hungarian; the runtime solves it on the host without scipy)",
+    )
+    parser.add_argument(
         "--matching-only", action="store_true", help="no refinement decoder (the paper's ablation)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --random-weights")
@@ -70,6 +84,22 @@ def _parse_size(text: str) -> tuple[int, int]:
     if min(size) < 32:
         raise ValueError(f"--input-size must be at least 32x32, got {text!r}")
     return size
+
+
+def model_config(args: argparse.Namespace, size: tuple[int, int]):
+    """The ``DMMConfig`` to export: ``--compat`` (None: ``"original"`` with ``--checkpoint``,
+    whose weights were evaluated with the original's pipeline, else ``"default"``, as
+    ``segment --checkpoint`` chooses), ``--matching``, ``--backbone``, ``--matching-only``."""
+    from dmm_deploy.model import DMMConfig
+
+    compat = args.compat or ("original" if args.checkpoint is not None else "default")
+    return DMMConfig(
+        backbone=args.backbone,
+        input_size=size,
+        refine=not args.matching_only,
+        compat=compat,
+        matching=args.matching,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,9 +127,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dmm_deploy.export.bundle import BundleExportError, export_bundle
-    from dmm_deploy.model import DMMConfig, DMMNet, MaskRCNNProposals, load_original_checkpoint
+    from dmm_deploy.model import DMMNet, MaskRCNNProposals, load_original_checkpoint
 
-    cfg = DMMConfig(backbone=args.backbone, input_size=size, refine=not args.matching_only)
+    cfg = model_config(args, size)
     torch.manual_seed(args.seed)
     net = DMMNet(cfg)
     if args.checkpoint is not None:
@@ -124,5 +154,8 @@ def run(args: argparse.Namespace) -> int:
     except BundleExportError as e:
         print(f"dmm-deploy export-model: {e}")
         return 1
-    print(f"bundle    {out} ({args.precision}, {args.backbone} at {size[0]}x{size[1]})")
+    print(
+        f"bundle    {out} ({args.precision}, {args.backbone} at {size[0]}x{size[1]}, "
+        f"compat {cfg.compat}, matching {cfg.matching})"
+    )
     return 0

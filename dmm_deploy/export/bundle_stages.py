@@ -15,7 +15,7 @@ embed        match4..match32, boxes (N, 4),                 embeddings (N, D)
              batch_index (N,) int64
 match        templates (B, O, D), embeddings (B, M, D),     assignment (B, O, M),
              prev_masks (B, O, h, w),                       matched (B, O, h, w)
-             proposal_masks (B, M, h, w), sizes (B, 2)
+             proposal_masks (B, M, h, w), sizes (B, 2)      (``matching="exact"``: cost (B, O, M))
 decoder      skip4..skip32 (B, ...), masks (B, 3, h, w),    probabilities (B, h, w),
              h32..h4, c32..c4, t32..t4 (B, ...)             h32_out..h4_out, c32_out..c4_out
 proposals    image (3, H, W) RGB in [0, 1], any H, W        boxes (D, 4), scores (D,),
@@ -26,7 +26,11 @@ proposals    image (3, H, W) RGB in [0, 1], any H, W        boxes (D, 4), scores
 by proposals; padding rows/columns are ignored and come out zero. A problem's own padding of
 the original (``P <= O`` proposals: ``O + 1 - P`` zero-cost empty columns, see
 :func:`~dmm_deploy.model.pad_proposals`) is done by the caller with zero embeddings and empty
-masks, which give exactly the zero cost the original pads with.
+masks, which give exactly the zero cost the original pads with. The matcher runs in the
+config's ``matcher_variant`` (``"original"``: the original code's solver with its early exits
+as per-problem frozen masks, still no Loop/If). A ``matching="exact"`` model's match graph
+stops at the cost: the runtime solves the exact assignment on the host (an LP of a few dozen
+entries has no use for a graph) and picks the matched masks itself.
 """
 
 from __future__ import annotations
@@ -35,17 +39,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmm_deploy.matching.reference import greedy_init, match_reference
+from dmm_deploy.matching.reference import greedy_init, match_reference, valid_mask
 from dmm_deploy.model.decoder import to_probabilities
 from dmm_deploy.model.net import DMMNet
 
 __all__ = [
+    "MATCH_EXACT_OUTPUTS",
     "STAGE_IO",
     "DecoderStage",
     "EmbedStage",
     "EncoderStage",
     "MatchStage",
     "batched_cost",
+    "stage_io",
 ]
 
 LEVELS = ("4", "8", "16", "32")
@@ -72,7 +78,18 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "proposals": (("image",), ("boxes", "scores", "masks")),
 }
-"""Input and output names of every stage graph, in call order."""
+"""Input and output names of every stage graph, in call order (default matching)."""
+
+MATCH_EXACT_OUTPUTS = ("cost",)
+"""The match graph's outputs for a ``matching="exact"`` model."""
+
+
+def stage_io(stage: str, cfg) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Input and output names of ``stage`` for a model of config ``cfg`` (a DMMConfig)."""
+    ins, outs = STAGE_IO[stage]
+    if stage == "match" and cfg.matching == "exact":
+        outs = MATCH_EXACT_OUTPUTS
+    return ins, outs
 
 
 class EncoderStage(nn.Module):
@@ -104,10 +121,12 @@ class MatchStage(nn.Module):
     The cost is :class:`~dmm_deploy.model.MatchingCost`'s formula over a batch (that module
     takes one problem; tracing it under ``torch.func.vmap`` hits an operator the exporter
     lacks; the tests hold the two equal problem by problem); the layer is
-    :func:`~dmm_deploy.matching.match_reference` at ``cfg.n_grad x cfg.n_proj``, started from
-    :func:`~dmm_deploy.matching.greedy_init`, with ``sizes`` masking the padding. Read-out as
-    :func:`~dmm_deploy.model.match_proposals`: each row keeps its maximum entries (with their
-    values) and ``matched = hard @ proposal_masks``.
+    :func:`~dmm_deploy.matching.match_reference` at ``cfg.n_grad x cfg.n_proj`` in
+    ``cfg.matcher_variant``, started from :func:`~dmm_deploy.matching.greedy_init`, with
+    ``sizes`` masking the padding. Read-out as :func:`~dmm_deploy.model.match_proposals`: each
+    row keeps its maximum entries (with their values) and ``matched = hard @ proposal_masks``.
+    With ``cfg.matching="exact"`` the stage returns the cost alone, zero outside each
+    problem's ``sizes[b]`` block.
     """
 
     def __init__(self, net: DMMNet) -> None:
@@ -115,13 +134,19 @@ class MatchStage(nn.Module):
         cfg = net.cfg
         self.score_weight, self.threshold = cfg.score_weight, cfg.mask_threshold
         self.n_grad, self.n_proj, self.lr = cfg.n_grad, cfg.n_proj, cfg.lr
+        self.variant, self.exact = cfg.matcher_variant, cfg.matching == "exact"
 
     def forward(self, templates, embeddings, prev_masks, proposal_masks, sizes):
         cost = batched_cost(
             templates, embeddings, prev_masks, proposal_masks, self.score_weight, self.threshold
         )
+        if self.exact:
+            rows, cols = valid_mask(sizes, cost.shape[1], cost.shape[2])
+            return torch.where(rows & cols, cost, 0.0)
         x_init = greedy_init(cost, sizes)
-        x = match_reference(cost, x_init, self.n_grad, self.n_proj, self.lr, sizes)
+        x = match_reference(
+            cost, x_init, self.n_grad, self.n_proj, self.lr, sizes, variant=self.variant
+        )
         row_max = x.amax(dim=2, keepdim=True)
         hard = x * (x == row_max).to(x.dtype)
         b, o, _ = hard.shape

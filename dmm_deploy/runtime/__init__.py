@@ -20,6 +20,12 @@ Design (for readers building on it, e.g. a multi-stream server):
   objects in slot order, so slots stay sequential). Pre- and post-processing (resizing,
   proposal pasting, NMS, label merge) is numpy (:mod:`dmm_deploy.runtime.imaging`).
 * :class:`StreamingSegmenter` is the one-stream wrapper with ``VideoSegmenter``'s API.
+* The bundle's model settings are followed as the torch model follows them: the matcher
+  variant is inside the match graph; ``input_resize="nearest"`` (PIL's NEAREST for frames and
+  annotations), ``merge_at="input"``, ``proposal_order="index"``, ``empty_proposals="keep"``
+  and ``no_detections="last"`` (per stream, :attr:`StreamState.last_detected`) are numpy
+  here; ``matching="exact"`` bundles' match graph returns the cost and the exact assignment
+  is solved on the host (:mod:`dmm_deploy.runtime.assignment`, numpy, no scipy).
 
 Nothing here imports torch, ``dmm_deploy.model``, ``dmm_deploy.matching`` or ``kernels``.
 """

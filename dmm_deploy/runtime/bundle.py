@@ -17,8 +17,10 @@
     }
 
 Shapes hold integers for fixed axes and names for dynamic ones. :meth:`Bundle.load` checks
-the format, the version and every stage file's SHA-256 and raises :class:`BundleError`
-(a ``ValueError``) with one line naming the problem.
+the format, the version, the model settings (:data:`SUPPORTED_BEHAVIOUR`) and every stage
+file's SHA-256 and raises :class:`BundleError` (a ``ValueError``) with one line naming the
+problem. A ``matching="exact"`` bundle's match stage outputs ``cost`` instead of
+``assignment`` and ``matched``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "BundleError",
     "StageSpec",
     "TensorSpec",
+    "behaviour",
     "sha256_file",
     "unsupported_behaviour",
 ]
@@ -50,19 +53,26 @@ MANIFEST_VERSION = 1
 PRECISIONS = ("fp32", "mixed", "fp16")
 REQUIRED_STAGES = ("encoder", "embed", "match")
 
-# Model settings this runtime implements: the default pipeline. Bundles of models configured
-# otherwise (DMMConfig compat="original", matching="exact", or one of these switches changed)
-# are refused at load time rather than run with different behaviour.
-SUPPORTED_BEHAVIOUR = {
-    "compat": "default",
-    "matching": "dmm",
-    "matcher_variant": "listing1",
-    "input_resize": "bilinear",
-    "merge_at": "frame",
-    "proposal_order": "score",
-    "empty_proposals": "drop",
-    "no_detections": "pad",
+# Model settings the runtime implements: field -> the values it runs (the first is the value
+# of a manifest that lacks the field: the default pipeline). These are DMMConfig's compat
+# preset, its exact-matching option and the six behaviour switches; any other value is
+# refused at load time rather than run with different behaviour.
+SUPPORTED_BEHAVIOUR: dict[str, tuple[str, ...]] = {
+    "compat": ("default", "original"),
+    "matching": ("dmm", "exact"),
+    "matcher_variant": ("listing1", "original"),
+    "input_resize": ("bilinear", "nearest"),
+    "merge_at": ("frame", "input"),
+    "proposal_order": ("score", "index"),
+    "empty_proposals": ("drop", "keep"),
+    "no_detections": ("pad", "last"),
 }
+
+
+def behaviour(config: dict) -> dict[str, str]:
+    """The behaviour settings of a manifest's ``config`` (:data:`SUPPORTED_BEHAVIOUR`'s
+    fields), absent ones filled with the default pipeline's values."""
+    return {k: config.get(k, allowed[0]) for k, allowed in SUPPORTED_BEHAVIOUR.items()}
 
 
 def unsupported_behaviour(config: dict) -> list[str]:
@@ -70,8 +80,8 @@ def unsupported_behaviour(config: dict) -> list[str]:
     (fields absent from ``config`` are taken as the default pipeline's)."""
     return [
         f"{k}={config[k]!r}"
-        for k, v in SUPPORTED_BEHAVIOUR.items()
-        if k in config and config[k] != v
+        for k, allowed in SUPPORTED_BEHAVIOUR.items()
+        if k in config and config[k] not in allowed
     ]
 
 
@@ -199,7 +209,9 @@ class Bundle:
         if unsupported:
             raise BundleError(
                 f"bundle: {mpath} holds a model configured with {', '.join(unsupported)}, "
-                "which this runtime does not implement (it runs the default pipeline)"
+                "which this runtime does not implement (supported: "
+                + "; ".join(f"{k} {'|'.join(v)}" for k, v in SUPPORTED_BEHAVIOUR.items())
+                + ")"
             )
         needed = list(REQUIRED_STAGES)
         if config.get("refine", True):

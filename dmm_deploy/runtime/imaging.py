@@ -2,8 +2,9 @@
 
 * :func:`resize` resamples along the last two axes with torch's ``F.interpolate`` conventions:
   ``"bilinear"`` (``align_corners=False``, optionally ``antialias=True``, torch's separable
-  anti-aliasing filter) and ``"nearest-exact"``. Index and weight tables are computed in float32
-  as torch's CPU kernels compute them, and cached per (input, output, mode).
+  anti-aliasing filter) and ``"nearest-exact"``, or with PIL's ``Image.NEAREST``
+  (``"pil-nearest"``, :func:`pil_nearest_index`). Index and weight tables are computed in
+  float32 as torch's CPU kernels compute them, and cached per (input, output, mode).
 * :func:`frame_to_input`, :func:`tight_boxes`, :func:`nms`, :func:`paste_box_masks` and
   :func:`merge_probabilities` are the numpy forms of the model's helpers of the same names.
 """
@@ -19,9 +20,25 @@ __all__ = [
     "merge_probabilities",
     "nms",
     "paste_box_masks",
+    "pil_nearest_index",
     "resize",
     "tight_boxes",
 ]
+
+
+def pil_nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each of ``n_out`` output pixels when PIL resizes ``n_in`` pixels with
+    ``Image.NEAREST``: ``int(s/2 + k s)`` with ``s = n_in / n_out``, accumulated step by step
+    in float64 as Pillow's affine scaling does (it differs from ``floor((k + 0.5) s)`` at a few
+    pixels, e.g. 13 of 255 rows for 480 -> 255). The model's input resize under
+    ``input_resize="nearest"`` and its label-map resize under ``merge_at="input"``.
+    Returns int64 ``(n_out,)``."""
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"sizes must be positive, got {n_in} -> {n_out}")
+    step = n_in / n_out
+    steps = np.full(n_out, step, dtype=np.float64)
+    steps[0] = step * 0.5
+    return np.minimum(np.cumsum(steps).astype(np.int64), n_in - 1)
 
 
 @lru_cache(maxsize=64)
@@ -29,6 +46,8 @@ def _table(n_in: int, n_out: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """``(index (n_out, taps) int64, weight (n_out, taps) float32)`` for one axis."""
     scale = np.float32(n_in) / np.float32(n_out)
     dst = np.arange(n_out, dtype=np.float32)
+    if mode == "pil-nearest":
+        return pil_nearest_index(n_in, n_out)[:, None], np.ones((n_out, 1), np.float32)
     if mode == "nearest-exact":
         idx = np.minimum(np.floor((dst + np.float32(0.5)) * scale), n_in - 1).astype(np.int64)
         return idx[:, None], np.ones((n_out, 1), np.float32)
@@ -54,7 +73,9 @@ def _table(n_in: int, n_out: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
         total = w.sum(1, keepdims=True)
         w = np.where(total != 0, w / np.where(total != 0, total, 1), w).astype(np.float32)
         return np.minimum(idx, n_in - 1), w
-    raise ValueError(f"mode must be 'bilinear', 'bilinear-aa' or 'nearest-exact', got {mode!r}")
+    raise ValueError(
+        f"mode must be 'bilinear', 'bilinear-aa', 'nearest-exact' or 'pil-nearest', got {mode!r}"
+    )
 
 
 def _resample(x: np.ndarray, axis: int, n_out: int, mode: str) -> np.ndarray:
@@ -74,28 +95,36 @@ def resize(
 ) -> np.ndarray:
     """Resample the last two axes of ``x`` to ``size = (h, w)``, as ``F.interpolate`` does.
 
-    mode: ``"bilinear"`` (``align_corners=False``; ``antialias`` as torch's) or
-    ``"nearest-exact"``. Float input stays in its dtype (float32 arithmetic); other dtypes
-    are resampled as float32. A size equal to the input's returns ``x`` unchanged.
+    mode: ``"bilinear"`` (``align_corners=False``; ``antialias`` as torch's),
+    ``"nearest-exact"`` or ``"pil-nearest"`` (PIL's ``Image.NEAREST``). The nearest modes keep
+    any dtype (they only pick pixels); bilinear resamples float32 (other dtypes are converted).
+    A size equal to the input's returns ``x`` unchanged.
     """
     h, w = int(size[0]), int(size[1])
     if tuple(x.shape[-2:]) == (h, w):
         return x
     if mode == "bilinear" and antialias:
         mode = "bilinear-aa"
-    if mode != "nearest-exact" and x.dtype != np.float32:
+    if mode not in ("nearest-exact", "pil-nearest") and x.dtype != np.float32:
         x = x.astype(np.float32)
     # width first for downscaling along width (fewer rows to resample after), as torch does
     x = _resample(x, x.ndim - 1, w, mode)
     return _resample(x, x.ndim - 2, h, mode)
 
 
-def frame_to_input(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB -> ``(3, h, w)`` float32 in [0, 1] at ``size``: bilinear with
-    anti-aliasing, as :func:`dmm_deploy.model.frame_to_input`."""
-    x = np.ascontiguousarray(frame.transpose(2, 0, 1)).astype(np.float32)
-    x = resize(x, size, "bilinear", antialias=True)
-    return np.clip(x / np.float32(255.0), 0.0, 1.0, dtype=np.float32)
+def frame_to_input(frame: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB -> ``(3, h, w)`` float32 in [0, 1] at ``size``, as
+    :func:`dmm_deploy.model.frame_to_input`: ``mode`` (the config's ``input_resize``)
+    ``"bilinear"`` (antialiased) or ``"nearest"`` (PIL's ``Image.NEAREST`` on the uint8
+    pixels)."""
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    x = np.ascontiguousarray(frame.transpose(2, 0, 1))
+    if mode == "nearest":
+        x = resize(x, size, "pil-nearest")
+    else:
+        x = resize(x.astype(np.float32), size, "bilinear", antialias=True)
+    return np.clip(x.astype(np.float32) / np.float32(255.0), 0.0, 1.0, dtype=np.float32)
 
 
 def tight_boxes(masks: np.ndarray, threshold: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

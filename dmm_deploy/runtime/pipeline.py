@@ -14,8 +14,9 @@ import numpy as np
 
 from dmm_deploy.data.inputs import frame_image as _frame_image
 from dmm_deploy.data.inputs import label_map as _label_map
+from dmm_deploy.runtime.assignment import linear_sum_assignment
 from dmm_deploy.runtime.backends import BACKENDS, DEVICES, open_stage
-from dmm_deploy.runtime.bundle import Bundle, BundleError
+from dmm_deploy.runtime.bundle import Bundle, BundleError, behaviour
 from dmm_deploy.runtime.imaging import frame_to_input, merge_probabilities, resize, tight_boxes
 from dmm_deploy.runtime.proposals import MaskRCNNStage, Proposals, prepare_proposals
 
@@ -41,11 +42,20 @@ def _no_timer(stage: str) -> AbstractContextManager:
 
 
 class Runtime:
-    """A verified bundle with one runner per stage graph. Build with :meth:`open`."""
+    """A verified bundle with one runner per stage graph. Build with :meth:`open`.
+
+    ``cfg`` is the bundle's model config (a dict) with the behaviour settings filled in
+    (:func:`~dmm_deploy.runtime.bundle.behaviour`); the pipeline follows them as
+    :class:`dmm_deploy.model.VideoSegmenter` does.
+    """
 
     def __init__(self, bundle: Bundle, runners: dict, backend: str, device: str) -> None:
         self.bundle = bundle
-        self.cfg = dict(bundle.config, input_size=list(bundle.input_size))
+        self.cfg = {
+            **bundle.config,
+            **behaviour(bundle.config),
+            "input_size": list(bundle.input_size),
+        }
         self.input_size = bundle.input_size
         self.runners = runners
         self.backend, self.device = backend, device
@@ -122,26 +132,48 @@ class ObjectState:
 class StreamState:
     """Everything one video carries from frame to frame (no arrays of other streams):
     the proposal ``source`` (``detect(index, frame) -> Detections``), the objects in slot
-    order, and the index of the last processed frame. ``last_probabilities`` and
-    ``last_proposals`` are kept for inspection."""
+    order, the index of the last processed frame, and ``last_detected``: the proposals of the
+    most recent frame that had detections, which a frame without detections reuses when the
+    model has ``no_detections="last"`` (a fresh state, as after ``start``, has none).
+    ``last_probabilities``, ``last_proposals`` and ``last_index`` are kept for inspection."""
 
     source: object
     objects: list[ObjectState] = field(default_factory=list)
     frame_index: int = -1
+    last_detected: Proposals | None = None
     last_probabilities: np.ndarray | None = None
     last_proposals: Proposals | None = None
     last_index: np.ndarray | None = None
 
 
+def _mask_mode(cfg: dict) -> str:
+    """How annotations reach the input size: as the frames do (PIL's NEAREST under
+    ``input_resize="nearest"``), else ``nearest-exact``."""
+    return "pil-nearest" if cfg["input_resize"] == "nearest" else "nearest-exact"
+
+
+def _proposals(st: StreamState, image: np.ndarray, cfg: dict) -> Proposals:
+    """One frame's proposals; under ``no_detections="last"`` a frame without detections
+    reuses the stream's most recent proposals from a frame that had some."""
+    det = st.source.detect(st.frame_index + 1, image)
+    if not len(det.boxes) and cfg["no_detections"] == "last" and st.last_detected is not None:
+        return st.last_detected
+    props = prepare_proposals(det, image.shape[:2], cfg)
+    if len(det.boxes):
+        st.last_detected = props
+    return props
+
+
 def _new_objects(
-    state: StreamState, ann: np.ndarray, size
+    state: StreamState, ann: np.ndarray, size, mode: str
 ) -> tuple[dict[int, np.ndarray], list, np.ndarray]:
     """Apply an annotation: known ids get their ``prev`` replaced; returns the annotated
-    full-size masks, the new ids with their small masks, and their template boxes."""
+    full-size masks, the new ids with their small masks (resized with ``mode``), and their
+    template boxes."""
     annotated = {int(v): ann == v for v in np.unique(ann) if v != 0}
     if not annotated:
         return annotated, [], np.zeros((0, 4), np.float32)
-    small = resize(np.stack(list(annotated.values())).astype(np.float32), size, "nearest-exact")
+    small = resize(np.stack(list(annotated.values())).astype(np.float32), size, mode)
     by_id = dict(zip(annotated, small, strict=True))
     known = {o.id: o for o in state.objects}
     for oid in annotated:
@@ -176,9 +208,10 @@ def step_streams(
     over the streams that have that slot. States are updated in place.
     """
     cfg, size = rt.cfg, rt.input_size
+    mask_mode = _mask_mode(cfg)
     b = len(streams)
     with timer("encoder"):
-        x = np.stack([frame_to_input(im, size) for im in images])
+        x = np.stack([frame_to_input(im, size, cfg["input_resize"]) for im in images])
         feats = rt.run("encoder", {"image": x})
     match_feats = {f"match{s}": feats[f"match{s}"] for s in LEVELS}
 
@@ -192,7 +225,7 @@ def step_streams(
             pending.append([])
             tb = np.zeros((0, 4), np.float32)
         else:
-            a, new, tb = _new_objects(st, ann, size)
+            a, new, tb = _new_objects(st, ann, size, mask_mode)
             annotated.append(a)
             pending.append(new)
         boxes_all.append(tb)
@@ -203,9 +236,7 @@ def step_streams(
     active = [i for i, st in enumerate(streams) if st.objects or pending[i]]
     with timer("proposals"):
         for i in active:
-            st = streams[i]
-            det = st.source.detect(st.frame_index + 1, images[i])
-            props[i] = prepare_proposals(det, images[i].shape[:2], cfg)
+            props[i] = _proposals(streams[i], images[i], cfg)
     for i in range(b):
         p = props[i]
         n = 0 if p is None else len(p.boxes)
@@ -258,6 +289,7 @@ def step_streams(
             embeddings[j, :m] = e
             pmasks[j, :m] = pm
             sizes[j] = (o, m)
+        exact = cfg["matching"] == "exact"
         with timer("matching"):
             res = rt.run(
                 "match",
@@ -269,11 +301,21 @@ def step_streams(
                     "sizes": sizes,
                 },
             )
-        assignment = res["assignment"].astype(np.float32)
-        matched = res["matched"].astype(np.float32)
+            if exact:  # the graph gives the cost; the exact assignment is solved here
+                cost = res["cost"].astype(np.float64)
+                picks = [
+                    linear_sum_assignment(cost[j, : pr[3], : pr[4]])
+                    for j, pr in enumerate(problems)
+                ]
+                matched = np.zeros((nb, omax, h, w), np.float32)
+                for j, pick in enumerate(picks):
+                    matched[j, : len(pick)] = problems[j][2][pick]
+            else:
+                assignment = res["assignment"].astype(np.float32)
+                matched = res["matched"].astype(np.float32)
         for j, i in enumerate(live):
             _, _, pm, o, m, p = problems[j]
-            index = assignment[j, :o, :m].argmax(axis=1)
+            index = picks[j] if exact else assignment[j, :o, :m].argmax(axis=1)
             streams[i].last_index = np.where(index < p, index, -1)
             if not bool(cfg.get("refine", True)):
                 probs[i] = pm[index].copy()
@@ -286,17 +328,19 @@ def step_streams(
             st, pr = streams[i], probs[i]
             for k, ob in enumerate(st.objects):
                 if ob.id in annotated[i]:
-                    pr[k] = resize(
-                        annotated[i][ob.id][None].astype(np.float32), size, "nearest-exact"
-                    )[0]
+                    pr[k] = resize(annotated[i][ob.id][None].astype(np.float32), size, mask_mode)[0]
                 ob.prev = pr[k]
-            full = resize(pr, images[i].shape[:2], "bilinear")
-            full = np.array(full, np.float32, copy=True)
-            for k, ob in enumerate(st.objects):
-                if ob.id in annotated[i]:
-                    full[k] = annotated[i][ob.id]
             ids = np.array([ob.id for ob in st.objects], np.uint8)
-            labels = merge_probabilities(full, ids)
+            size0 = images[i].shape[:2]
+            if cfg["merge_at"] == "input":  # merged at the input size, PIL NEAREST up
+                labels = resize(merge_probabilities(pr, ids), size0, "pil-nearest")
+                labels = np.array(labels, np.uint8, copy=True)
+            else:
+                full = np.array(resize(pr, size0, "bilinear"), np.float32, copy=True)
+                for k, ob in enumerate(st.objects):
+                    if ob.id in annotated[i]:
+                        full[k] = annotated[i][ob.id]
+                labels = merge_probabilities(full, ids)
             for oid, mk in annotated[i].items():
                 labels[mk] = oid
             out_labels[i] = labels

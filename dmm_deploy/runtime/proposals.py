@@ -2,10 +2,12 @@
 as a bundle stage, and the original's post-processing (:func:`prepare_proposals`).
 
 The ``.npz`` format is the model's (:mod:`dmm_deploy.model.sources`); this reader needs no
-torch (it is :class:`dmm_deploy.data.detections.PrecomputedFile`). :func:`prepare_proposals` is the numpy form of
-:func:`dmm_deploy.model.prepare_proposals`: masks pasted (box-relative) or resized
-(full-frame) to the input size, tight boxes of ``mask > box_threshold``, empty masks dropped,
-NMS at ``nms_iou`` over the ``+1``-area boxes, the first ``top_k`` by score.
+torch (it is :class:`dmm_deploy.data.detections.PrecomputedFile`).
+:func:`prepare_proposals` is the numpy form of :func:`dmm_deploy.model.prepare_proposals`:
+masks pasted (box-relative) or resized (full-frame) to the input size, tight boxes of
+``mask > box_threshold``, empty masks dropped or kept with the original's box
+(``empty_proposals``), NMS at ``nms_iou`` over the ``+1``-area boxes, then ``top_k``
+survivors: the best scores or the first in detection order (``proposal_order``).
 """
 
 from __future__ import annotations
@@ -77,7 +79,13 @@ class MaskRCNNStage:
 
 
 def prepare_proposals(det: Detections, frame_size: tuple[int, int], cfg: dict) -> Proposals:
-    """Detections of a ``frame_size`` frame -> :class:`Proposals` at ``cfg["input_size"]``."""
+    """Detections of a ``frame_size`` frame -> :class:`Proposals` at ``cfg["input_size"]``.
+
+    ``cfg`` is the bundle's config (a dict; absent switches take the default pipeline's
+    values): ``empty_proposals="keep"`` keeps a mask with no pixel above ``box_threshold``
+    with the box ``[0, 0, h, w]`` (the original's, height in the x2 slot), ``"drop"`` drops
+    it; ``proposal_order="index"`` keeps the first ``top_k`` NMS survivors in ascending
+    detection index, ``"score"`` the ``top_k`` best."""
     h, w = (int(v) for v in cfg["input_size"])
     h0, w0 = frame_size
     if det.kind == "box":
@@ -94,7 +102,15 @@ def prepare_proposals(det: Detections, frame_size: tuple[int, int], cfg: dict) -
         else:
             masks = np.zeros((0, h, w), np.float32)
     boxes, nonempty = tight_boxes(masks, cfg["box_threshold"])
-    boxes, masks, scores = boxes[nonempty], masks[nonempty], det.scores[nonempty]
+    scores = np.asarray(det.scores, np.float32)
+    if cfg.get("empty_proposals", "drop") == "keep":
+        empty_box = np.array([0.0, 0.0, float(h), float(w)], np.float32)
+        boxes = np.where(nonempty[:, None], boxes, empty_box).astype(np.float32)
+    else:
+        boxes, masks, scores = boxes[nonempty], masks[nonempty], scores[nonempty]
     legacy = boxes + np.array([0.0, 0.0, 1.0, 1.0], np.float32)
-    keep = nms(legacy, scores, cfg["nms_iou"])[: int(cfg["top_k"])]
+    keep = nms(legacy, scores, cfg["nms_iou"])
+    if cfg.get("proposal_order", "score") == "index":
+        keep = np.sort(keep)
+    keep = keep[: int(cfg["top_k"])]
     return Proposals(boxes[keep], np.ascontiguousarray(masks[keep]), scores[keep])

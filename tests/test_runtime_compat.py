@@ -232,3 +232,16 @@ def test_unknown_behaviour_values_are_refused_in_one_line(original, tmp_path):
     with pytest.raises(BundleError) as e:
         Bundle.load(root)
     assert "\n" not in str(e.value) and "merge_at='somewhere'" in str(e.value)
+
+
+@pytest.mark.slow
+def test_original_bundle_at_the_originals_input_size(clips, tmp_path):
+    """compat="original" at 255 x 448 (the size its checkpoints were evaluated at, where PIL's
+    NEAREST index rule departs from the exact one on 13 of 255 rows), on the edge clip."""
+    torch.manual_seed(1)
+    net = DMMNet(DMMConfig(backbone="resnet18", input_size=(255, 448), compat="original")).eval()
+    export_bundle(net, tmp_path, log=lambda s: None)
+    frames, first, anns, npz = clips["edge"]
+    agree, n_props, seg = _compare(net, tmp_path, (frames[:4], first, anns, npz))
+    assert min(agree) >= 0.999, agree
+    assert n_props[:3] == [0, 50, 50] and 9 in seg.object_ids, n_props

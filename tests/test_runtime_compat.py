@@ -201,6 +201,27 @@ def test_exact_bundle_matches_the_video_segmenter(original_exact, clips):
     assert min(agree) >= 0.999, agree
 
 
+def test_exact_bundle_runs_without_torch_or_scipy(original_exact, clips, repo_root, shared_dir):
+    """A fresh interpreter where importing torch or scipy fails segments with the exact bundle."""
+    import subprocess
+    import sys
+
+    _, out = original_exact
+    frames, _, _, npz = clips["edge"]
+    mask = shared_dir / "data" / "vos_samples" / "masks" / "bike" / "00000.png"
+    code = (
+        "import sys\n"
+        "sys.modules.update(torch=None, scipy=None)  # any import of them raises\n"
+        "from dmm_deploy.data import read_mask\n"
+        "from dmm_deploy.runtime import Runtime, StreamingSegmenter\n"
+        f"rt = Runtime.open({str(out)!r}, threads=1)\n"
+        f"seg = StreamingSegmenter(rt, rt.proposal_source({str(npz)!r}))\n"
+        f"labels = list(seg.segment({[str(f) for f in frames[:3]]!r}, read_mask({str(mask)!r})))\n"
+        "assert len(labels) == 3 and seg.state.last_index is not None\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)
+
+
 def test_streams_with_last_reuse_batch_like_each_alone(original, clips):
     """step_streams over the edge clip and bike together (different no-detection frames,
     a late object) equals each stream alone."""

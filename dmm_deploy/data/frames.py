@@ -32,6 +32,7 @@ __all__ = [
     "VideoFileSource",
     "is_stream",
     "open_frames",
+    "pil_nearest_index",
     "read_frame",
     "write_frames",
 ]
@@ -82,6 +83,22 @@ class FrameSource:
         if not images:
             raise DataFileError(self.path, f"no frames in {self.path}")
         return np.stack(images)
+
+
+def pil_nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each of ``n_out`` output pixels when PIL resizes ``n_in`` pixels with
+    ``Image.NEAREST``: ``int(s/2 + k s)`` with ``s = n_in / n_out``, the sum accumulated step by
+    step in float64 as Pillow's affine scaling does (this differs from the exact
+    ``floor((k + 0.5) s)`` at a few pixels, e.g. 13 of 255 rows for 480 -> 255). The original
+    code's input resize, used by the model (:func:`dmm_deploy.model.net.frame_to_input`) and the
+    runtime (:func:`dmm_deploy.runtime.imaging.resize`) under ``input_resize="nearest"`` and
+    ``merge_at="input"``. Returns int64 ``(n_out,)``."""
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"sizes must be positive, got {n_in} -> {n_out}")
+    step = n_in / n_out
+    steps = np.full(n_out, step, dtype=np.float64)
+    steps[0] = step * 0.5
+    return np.minimum(np.cumsum(steps).astype(np.int64), n_in - 1)
 
 
 def read_frame(path: str | Path) -> np.ndarray:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmm_deploy.data.frames import pil_nearest_index
 from dmm_deploy.model.config import DMMConfig
 from dmm_deploy.model.decoder import RefineDecoder
 from dmm_deploy.model.embed import RoIEmbedder
@@ -62,20 +63,6 @@ class DMMNet(nn.Module):
             "DMMNet is a container: call its stages (encoder, embedder, cost, decoder) or use "
             "dmm_deploy.model.VideoSegmenter"
         )
-
-
-def pil_nearest_index(n_in: int, n_out: int) -> np.ndarray:
-    """Source index of each of ``n_out`` output pixels when PIL resizes ``n_in`` pixels with
-    ``Image.NEAREST``: ``int(s/2 + k s)`` with ``s = n_in / n_out``, the sum accumulated step by
-    step in float64 as Pillow's ``ImagingScaleAffine`` does (this differs from the exact
-    ``floor((k + 0.5) s)`` at a few pixels, e.g. 13 of 255 rows for 480 -> 255).
-    Returns int64 ``(n_out,)``."""
-    if n_in < 1 or n_out < 1:
-        raise ValueError(f"sizes must be positive, got {n_in} -> {n_out}")
-    step = n_in / n_out
-    steps = np.full(n_out, step, dtype=np.float64)
-    steps[0] = step * 0.5
-    return np.minimum(np.cumsum(steps).astype(np.int64), n_in - 1)
 
 
 def _pil_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -15,6 +15,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from dmm_deploy.data.frames import pil_nearest_index
+
 __all__ = [
     "frame_to_input",
     "merge_probabilities",
@@ -24,21 +26,6 @@ __all__ = [
     "resize",
     "tight_boxes",
 ]
-
-
-def pil_nearest_index(n_in: int, n_out: int) -> np.ndarray:
-    """Source index of each of ``n_out`` output pixels when PIL resizes ``n_in`` pixels with
-    ``Image.NEAREST``: ``int(s/2 + k s)`` with ``s = n_in / n_out``, accumulated step by step
-    in float64 as Pillow's affine scaling does (it differs from ``floor((k + 0.5) s)`` at a few
-    pixels, e.g. 13 of 255 rows for 480 -> 255). The model's input resize under
-    ``input_resize="nearest"`` and its label-map resize under ``merge_at="input"``.
-    Returns int64 ``(n_out,)``."""
-    if n_in < 1 or n_out < 1:
-        raise ValueError(f"sizes must be positive, got {n_in} -> {n_out}")
-    step = n_in / n_out
-    steps = np.full(n_out, step, dtype=np.float64)
-    steps[0] = step * 0.5
-    return np.minimum(np.cumsum(steps).astype(np.int64), n_in - 1)
 
 
 @lru_cache(maxsize=64)

@@ -15,7 +15,7 @@ not here). Reported per kernel:
 * ``registers``, ``spill_stores``/``spill_loads`` (bytes per thread), ``shared_bytes``: from
   ``ptxas -v`` (the ptxas Triton ships) on the PTX, and Triton's shared-memory size;
 * ``loop_instr``: PTX instructions in the body of the innermost loop (one inner step: the loop
-  between a label and the backward branch to it that contains no other such loop; the largest
+  from a label to the last backward branch to it that contains no other such loop; the largest
   one when there are several), ``shfl`` and ``bar_sync`` in that body;
 * ``per_element``: ``loop_instr`` divided by the tile elements each thread holds
   (``problems * BLOCK_N * BLOCK_M / (32 * num_warps)``).
@@ -85,14 +85,17 @@ def innermost_loop(ptx: str) -> list[str]:
     """Instructions of the largest innermost loop body of ``ptx`` (empty if it has no loop)."""
     lines = ptx.splitlines()
     labels = {}
-    loops = []  # (start, end) line ranges of backward branches
+    ends = {}  # loop header label -> line of its last backward branch
     for i, line in enumerate(lines):
         match = _LABEL.match(line)
         if match:
             labels[match.group(1)] = i
         match = _BRANCH.search(line)
         if match and match.group(1) in labels:
-            loops.append((labels[match.group(1)], i))
+            ends[match.group(1)] = i
+    # a loop spans its header to its last backward branch (a loop with a path that skips an
+    # inner loop has several)
+    loops = [(labels[label], end) for label, end in ends.items()]
     inner = [
         (a, b) for a, b in loops if not any(a < c and d <= b and (c, d) != (a, b) for c, d in loops)
     ]

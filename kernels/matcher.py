@@ -12,23 +12,32 @@ state of the batched reference (``dmm_deploy.matching.reference``) one inner ste
     X   = relu(X3);  P2 = X3 - X
 
 Forward (:func:`matcher_forward`): each program owns ``PROBLEMS`` whole problems. It loads
-the cost and ``x_init`` once, keeps ``X``, ``P2``, ``lr * C`` and the running sum of iterates
-as register tiles and the column correction ``q1`` as a vector per problem, runs all
-``n_grad * n_proj`` inner steps, and writes the mean once.
+the cost and ``x_init`` once, keeps ``lr * C``, the pre-relu value ``X3`` of the last inner
+step and the running sum of iterates as register tiles and the column correction ``q1`` as a
+vector per problem, runs all ``n_grad * n_proj`` inner steps, and writes the mean once. ``P2``
+is not held: ``P2 = X3 - relu(X3)``, so ``X + P2 = X3`` and an inner step's update is
+``X3' = X3 - a + (q1 - q1') / n_b`` (after a gradient step, ``X3 - lr C``), two operations an
+element fewer than forming ``X - a + ... + P2``; NaN and Inf come out where the reference's
+order puts them (an infinite ``X3`` makes its row's ``a`` infinite too), finite values differ
+from it by rounding only.
 
-Layout. A problem of at most 2048 elements (``BLOCK_N * BLOCK_M``: 5 x 50, 8 x 128, 16 x 128,
-...) lives in one warp: tiles are ``(BLOCK_N, R, PROBLEMS, L)`` with ``L = min(32, BLOCK_M)``
-lanes along the columns, ``R = BLOCK_M / L`` columns and all ``BLOCK_N`` rows in each thread's
-registers, and the problems across warps (several per warp when there are more problems than
-warps). Column sums are then in-thread adds, row sums in-thread adds plus a lane butterfly
-(shuffles), and an inner step has no barrier; the relu bits of a column are packed in the
-thread that holds the column, and the backward loads each bit word once. The column indices are
-declared non-contiguous (``tl.max_contiguous(cols, 1)``): otherwise Triton vectorises the loads
-along the lanes and spreads a problem over several warps. The autotuner keeps
-``num_warps <= PROBLEMS`` for these problems (a lone problem, B = 1, may also be split over
-warps). Larger problems use ``(PROBLEMS, BLOCK_N, BLOCK_M)`` tiles laid out by Triton, which
-spread a problem over the warps (reductions through shared memory, with barriers). PTX
-figures of both: ``bench/kernel_ptx.py`` and ``bench/results/ptx/``.
+Layout. Tiles are ``(RN, R, PROBLEMS, LN, LC)``: ``LN x LC`` lanes of a warp hold a problem's
+rows and columns (row ``rn * LN + ln``, column ``r * LC + lc``), each thread ``RN`` rows and
+``R`` columns of it in registers. ``LC = 16`` (``LN = 2``) for problems of at most 2048
+elements (``BLOCK_N * BLOCK_M``: 5 x 50, 8 x 128, 16 x 128, ...), ``LC = 8`` (``LN = 4``) for
+larger ones, fewer when ``BLOCK_M`` or ``BLOCK_N`` is smaller (see :func:`_lanes`). Triton puts
+the warps on the problems first: a problem of at most 2048 elements lives in one warp (several
+problems per program are several warps), its column sums are in-thread adds plus one lane
+exchange, its row sums in-thread adds plus a four-level butterfly (shuffles), and an inner step
+has no barrier; the autotuner keeps ``num_warps <= PROBLEMS`` for these problems (a lone
+problem, B = 1, may also be split over warps). Warps beyond the problems split a problem's
+columns (larger problems): the row sums then cross warps (shared memory and barriers, which
+no layout avoids once a problem spans several warps; four ``RN`` rows a thread keep them to
+4 to 8 ``bar.sync`` an inner step). The relu bits are packed in the thread that holds them and
+the backward loads each bit word once. The column indices are declared non-contiguous
+(``tl.max_contiguous(cols, 1)``): otherwise Triton vectorises the loads along the lanes and
+spreads a problem over several warps. PTX figures: ``bench/kernel_ptx.py`` and
+``bench/results/ptx/``.
  Loads are converted to fp32, all arithmetic is fp32, the store casts to the input
 dtype. Offsets are int64. NaN and Inf propagate as in the reference (the relu keeps NaN); values
 outside a problem's ``n_b x m_b`` block are never read.
@@ -53,12 +62,19 @@ so the reverse sweep needs no float state of the forward at all: when ``save_bit
 the forward packs ``R`` and ``A`` into int64 words in global scratch, and the backward kernel
 replays the steps in reverse from those bits, one launch for the batch.
 
-Bit layout (per problem; ``K = n_grad * n_proj``, ``SPW = 64 // BLOCK_N`` steps per word):
+Bit layout (per problem; ``K = n_grad * n_proj``; ``LN`` lanes along the rows, each thread
+holding ``RN = BLOCK_N / LN`` rows: ``SPW = 64 // RN`` steps per relu word). Words are filled
+by shifting each step's bits in at the bottom, so the newest step of a word is in its lowest
+bits, and the backward, which visits the steps in reverse, loads a word at its newest step and
+shifts it right for the older ones:
 
-* ``r_bits (B, ceil(K / SPW), m)``: bit ``(k % SPW) * BLOCK_N + i`` of word ``[b, k // SPW, j]``
-  is ``R[i, j]`` of inner step ``k``;
-* ``a_bits (B, ceil(K / 64), m)``: bit ``k % 64`` of word ``[b, k // 64, j]`` is ``A[j]``
-  (variant ``"original"``: ``m + 1`` columns, column ``m`` holding whether step ``k`` ran).
+* ``r_bits (B, LN * ceil(K / SPW), m)``: word ``[b, (k // SPW) * LN + ln, j]`` holds the relu
+  pattern of rows ``rn * LN + ln`` (``rn < RN``) of column ``j`` for the steps of group
+  ``k // SPW``, step ``k`` at bits ``(f - 1 - k % SPW) * RN + rn``, ``f`` the steps of the
+  group (``SPW`` but for the last group);
+* ``a_bits (B, ceil(K / 64), m)``: bit ``f - 1 - k % 64`` of word ``[b, k // 64, j]`` is
+  ``A[j]`` of step ``k`` (``f`` the steps of the word; variant ``"original"``: ``m + 1``
+  columns, column ``m`` holding whether step ``k`` ran).
 
 Variant ``"original"`` (:func:`matcher_forward` with ``variant="original"``; the original
 DMM-Net code's solver, which the released checkpoints were evaluated with): every outer step
@@ -93,9 +109,11 @@ saved-tensor hooks): 240 kB and 13.5 MB for the same two cases, 20 to 32 times m
 Supported sizes: ``1 <= n <= 64`` and ``1 <= m <= 1024`` (``BLOCK_N = next_power_of_2(n)``,
 ``BLOCK_M = next_power_of_2(m)``); the launch wrappers raise ``ValueError`` beyond them (the
 ``dmm_deploy.matching`` backend falls back to the reference there). Register use (ptxas,
-sm_90): up to 16 x 256 the tiles fit without spills (at the warp counts the autotuner keeps);
-32 x 512 at 16 warps spills a few hundred bytes a thread; 64 x 1024 spills about 10 kB a thread
-to local memory (correct, but slower).
+sm_90, ``bench/results/ptx/``): problems of at most 2048 elements fit without spills on one
+warp; 16 x 256 fits at 4 or more warps; 32 x 512 spills a few hundred bytes a thread at 16
+warps (its state alone, two fp32 tiles for variant ``"listing1"``, is 64 registers a thread
+there, with the row/column vectors, addresses and the step's temporaries on top); 64 x 1024
+spills kilobytes a thread to local memory (correct, but slower).
 """
 
 from __future__ import annotations
@@ -146,16 +164,16 @@ def _prune_warps(configs, named_args, **kwargs):
     warp when there are more problems than warps): ``num_warps <= PROBLEMS`` (one more warp
     would land inside a problem and bring barriers back), except for a lone problem (B = 1,
     latency-bound), which may also be split over warps; each thread then holds 4 to 32 tile
-    elements (more spills: the state is four tiles). Larger problems keep the warp counts
-    that give each thread 4 to 64 elements; tiles too large for 64 a thread at the most warps
-    keep the most warps; tiles too small for 4 a thread at one warp keep one warp.
+    elements (more would spill). Larger problems keep the warp counts that give each thread
+    4 to 32 elements (64, at 16 x 256 on 2 warps, spills hundreds of bytes); tiles too large
+    for 32 a thread at the most warps keep the most warps; tiles too small for 4 a thread at
+    one warp keep one warp.
     """
     problems, block_n, block_m = kwargs["PROBLEMS"], kwargs["BLOCK_N"], kwargs["BLOCK_M"]
     elems = problems * block_n * block_m
-    most = 64
+    most = 32
     if block_n * block_m <= _W4_MAX:
         configs = [c for c in configs if c.num_warps <= problems or problems == 1] or configs[:1]
-        most = 32
     keep = [c for c in configs if 4 <= elems // (32 * c.num_warps) <= most]
     by_warps = sorted(configs, key=lambda c: c.num_warps)
     return keep or [by_warps[-1] if elems > most * 32 else by_warps[0]]
@@ -175,6 +193,21 @@ def _warp_configs() -> list[triton.Config]:
 # _add as a plain sum.
 _add = tl.standard._sum_combine
 
+# Lanes along a problem's columns (the others along its rows): a split, not all 32 on the
+# columns, trades a few shuffles of the row sums for in-thread column sums (PTX per inner step,
+# sm_90: 8 x 128 386 -> 368 instructions; 16 x 256 on 4 warps 8 -> 4 bar.sync)
+_LANES_SMALL = tl.constexpr(16)  # problems of at most _ONE_WARP elements (one warp each)
+_LANES_LARGE = tl.constexpr(8)  # larger problems (split over warps along their columns)
+_ONE_WARP = tl.constexpr(_W4_MAX)
+
+
+def _lanes(block_n: int, block_m: int) -> tuple[int, int]:
+    """``(LN, LC)``: lanes along a problem's rows and along its columns (as in the kernels)."""
+    lc = _LANES_SMALL.value if block_n * block_m <= _ONE_WARP.value else _LANES_LARGE.value
+    lc = min(lc, block_m)
+    return min(32 // lc, block_n), lc
+
+
 _SHAPE_KEY = ["BLOCK_N", "BLOCK_M", "PROBLEMS", "HAS_SIZES"]
 _PRUNE = {"early_config_prune": _prune_warps}
 
@@ -187,66 +220,106 @@ def _relu(x):
 
 
 @triton.jit
-def _pack_bits(
-    r_ptr,  # (P, 1, BM) this problem's relu-pattern word of step k's group, column j
-    a_ptr,  # (P, 1, BM) this problem's active-column word of step k's group, column j
-    r_word,  # (P, 1, BM) int64, the relu-pattern word being filled
-    a_word,  # (P, 1, BM) int64, the active-column word being filled
-    relu_on,  # (P, BN, BM) bool, the relu passes step k's value (not <= 0)
-    active,  # (P, 1, BM) bool, column j's constraint is active at step k
+def _push(word, bits, WIDTH: tl.constexpr):
+    """``word`` with ``bits`` (``WIDTH`` bits) shifted in at the bottom: a 64-bit word holds
+    ``64 // WIDTH`` steps, the newest lowest, and the oldest falls out after that many."""
+    return bits if WIDTH == 64 else (word << WIDTH) | bits
+
+
+@triton.jit
+def _pop(word, WIDTH: tl.constexpr):
+    """The bits of the step before, when ``word`` was filled by :func:`_push`."""
+    if WIDTH != 64:
+        word = word >> WIDTH
+    return word
+
+
+@triton.jit
+def _store_bits(
+    r_ptr,  # (1, R, P, LN, LC) this thread's relu-pattern word of step k's group
+    a_ptr,  # (1, R, P, LN, LC) the active-column word of step k's group
+    r_word,  # (1, R, P, LN, LC) int64, the relu-pattern word being filled
+    a_word,  # (1, R, P, LN, LC) int64, the active-column word being filled
+    relu_on,  # (RN, R, P, LN, LC) bool, the relu passes step k's value (not <= 0)
+    active,  # (1, R, P, LN, LC) bool, the column's constraint is active at step k
     k,  # inner step index
     last,  # k is the last inner step
-    col_ok,  # (P, 1, BM)
-    row_bit,  # (1, BN, 1) int64, 1 << row
-    SPW: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    W4: tl.constexpr,
+    col_ok,  # (1, R, P, LN, LC)
+    row_bit,  # (RN, 1, 1, LN, 1) int64, 1 << (the row's register index)
+    SPW: tl.constexpr,  # steps per relu-pattern word
 ):
-    """Put step ``k``'s relu pattern (``BLOCK_N`` bits a column, ``SPW`` steps a word) and active
-    columns (one bit a column, 64 steps a word) into the words; store each word when full."""
-    slot = k % SPW
-    col_bits = _col_sum(tl.where(relu_on, row_bit, 0), W4)
-    r_word = tl.where(slot == 0, 0, r_word) | (col_bits << (slot * BLOCK_N))
-    tl.store(r_ptr, r_word, mask=col_ok & ((slot == SPW - 1) | last))
-    a_slot = k % 64
-    a_word = tl.where(a_slot == 0, 0, a_word) | (active.to(tl.int64) << a_slot)
-    tl.store(a_ptr, a_word, mask=col_ok & ((a_slot == 63) | last))
+    """Shift step ``k``'s relu pattern (one bit per row a thread holds) and active columns into
+    the words; store each word when it is full (or at the last step)."""
+    RN: tl.constexpr = row_bit.shape[0]
+    col_bits = tl.reduce(tl.where(relu_on, row_bit, 0), 0, _add, keep_dims=True)  # in-thread
+    r_word = _push(r_word, col_bits, RN)
+    tl.store(r_ptr, r_word, mask=col_ok & ((k % SPW == SPW - 1) | last))
+    a_word = _push(a_word, active.to(tl.int64), 1)
+    tl.store(a_ptr, a_word, mask=col_ok & ((k % 64 == 63) | last))
     return r_word, a_word
 
 
 @triton.jit
-def _unpack_bits(
-    r_ptr,  # (P, 1, BM) the relu-pattern word holding step k, column j
-    a_ptr,  # (P, 1, BM) the active-column word holding step k, column j
+def _load_bits(
+    r_base,  # (1, R, P, LN, LC) this thread's relu-pattern word of step group 0
+    r_stride,  # words between step groups
+    a_base,  # (1, R, P, LN, LC) the active-column word of step group 0
+    a_stride,
+    r_word,  # (1, R, P, LN, LC) int64, the words of step k + 1 (any value at the last step)
+    a_word,
     k,
-    col_ok,  # (P, 1, BM)
-    row_shift,  # (1, BN, 1) int64 row index
-    SPW: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    n_steps,
+    col_ok,  # (1, R, P, LN, LC)
+    row_bit,  # (RN, 1, 1, LN, 1) int64, 1 << (the row's register index)
 ):
-    """Step ``k``'s relu pattern ``(P, BN, BM)`` and active columns ``(P, 1, BM)``, as bools."""
-    r_word = tl.load(r_ptr, mask=col_ok, other=0)
-    relu_on = ((r_word >> ((k % SPW) * BLOCK_N + row_shift)) & 1) != 0
-    a_word = tl.load(a_ptr, mask=col_ok, other=0)
-    return relu_on, ((a_word >> (k % 64)) & 1) != 0
+    """Step ``k``'s words and its relu pattern ``(RN, R, P, LN, LC)`` and active columns, as
+    bools, for steps visited backwards: each word is loaded once, at its newest step, and
+    shifted for the older ones."""
+    RN: tl.constexpr = row_bit.shape[0]
+    SPW: tl.constexpr = 64 // RN
+    r_word = _pop(r_word, RN)
+    if (k % SPW == SPW - 1) | (k == n_steps - 1):
+        r_word = tl.load(r_base + (k // SPW) * r_stride, mask=col_ok, other=0)
+    a_word = a_word >> 1
+    if (k % 64 == 63) | (k == n_steps - 1):
+        a_word = tl.load(a_base + (k // 64) * a_stride, mask=col_ok, other=0)
+    return r_word, a_word, (r_word & row_bit) != 0, (a_word & 1) != 0
 
 
 @triton.jit
-def _row_sum(x, W4: tl.constexpr):
-    """Sum over a tile's columns, one per row (dimensions kept)."""
-    if W4:  # columns are (R, L): registers first, then the lanes (shuffles)
-        return tl.reduce(tl.reduce(x, 1, _add, keep_dims=True), 3, _add, keep_dims=True)
-    else:
-        return tl.reduce(x, 2, _add, keep_dims=True)
+def _bit_planes(
+    r_bits_ptr,  # (B, LN * ceil(K / SPW), m) int64
+    a_bits_ptr,  # (B, ceil(K / 64), a_cols) int64
+    prob3,
+    rows,
+    cols,
+    m,
+    a_cols,  # m, or m + 1 (variant "original": the applied-step flags in column m)
+    n_steps,
+):
+    """Base pointers of this thread's words (step group 0) in both bit planes, the relu
+    pattern's stride per step group and ``row_bit`` (``1 <<`` the row's register index)."""
+    RN: tl.constexpr = rows.shape[0]
+    LN: tl.constexpr = rows.shape[3]
+    SPW: tl.constexpr = 64 // RN
+    r_stride = LN * m
+    lane_n = tl.arange(0, LN)[None, None, None, :, None]
+    r_base = r_bits_ptr + prob3 * (((n_steps + SPW - 1) // SPW) * r_stride) + lane_n * m + cols
+    a_base = a_bits_ptr + prob3 * (((n_steps + 63) // 64) * a_cols)  # (1, 1, P, 1, 1)
+    row_bit = tl.full(rows.shape, 1, tl.int64) << (rows // LN).to(tl.int64)
+    return r_base, r_stride, a_base, row_bit
 
 
 @triton.jit
-def _col_sum(x, W4: tl.constexpr):
-    """Sum over a tile's rows, one per column (dimensions kept)."""
-    if W4:  # rows live in each thread's registers
-        return tl.reduce(x, 0, _add, keep_dims=True)
-    else:
-        return tl.reduce(x, 1, _add, keep_dims=True)
+def _row_sum(x):
+    """Sum over a tile's columns, one per row (dimensions kept): registers, then lanes."""
+    return tl.reduce(tl.reduce(x, 1, _add, keep_dims=True), 4, _add, keep_dims=True)
+
+
+@triton.jit
+def _col_sum(x):
+    """Sum over a tile's rows, one per column (dimensions kept): registers, then lanes."""
+    return tl.reduce(tl.reduce(x, 0, _add, keep_dims=True), 3, _add, keep_dims=True)
 
 
 @triton.jit
@@ -259,12 +332,13 @@ def _problem_layout(
     PROBLEMS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
-    W4: tl.constexpr,
 ):
     """Indices and masks of this program's ``PROBLEMS`` problems, in the tile layout.
 
-    ``W4`` (one warp per problem): tiles are ``(BN, R, P, L)`` with column ``r * L + lane``,
-    ``L = min(32, BM)`` lanes and ``R = BM / L`` registers a row; otherwise ``(P, BN, BM)``.
+    Tiles are ``(RN, R, P, LN, LC)``: row ``rn * LN + ln`` and column ``r * LC + lc`` of
+    problem ``p``, with ``LN x LC`` lanes (:func:`_lanes`) and ``RN x R`` elements of a problem
+    in each thread's registers; Triton places the warps on ``P`` (a problem per warp), then on
+    ``R`` (columns split over warps when there are more warps than problems).
     ``sizes`` is clamped to ``[0, n] x [0, m]`` here, so that no value it holds makes a
     program touch memory outside its own problems; a problem with ``n_b = 0`` or ``m_b = 0``
     has no valid element (its outputs are zero) and divides by 1 instead of 0.
@@ -285,29 +359,31 @@ def _problem_layout(
         m_b = tl.full((PROBLEMS,), 1, tl.int64) * m
     n_f = tl.maximum(n_b, 1).to(tl.float32)
     m_f = tl.maximum(m_b, 1).to(tl.float32)
-    if W4:
-        R: tl.constexpr = (BLOCK_M + 31) // 32
-        L: tl.constexpr = BLOCK_M // R
-        rows = tl.arange(0, BLOCK_N)[:, None, None, None]  # (BN, 1, 1, 1)
-        cols = tl.arange(0, R)[None, :, None, None] * L + tl.arange(0, L)[None, None, None, :]
-        # (1, R, 1, L). Declared non-contiguous: otherwise Triton vectorises the loads along
-        # the lanes and spreads the warps over a problem's columns (barriers in every step)
-        cols = tl.max_contiguous(cols, [1, 1, 1, 1])
-        prob3 = prob[None, None, :, None]  # (1, 1, P, 1)
-        ok = prob_ok[None, None, :, None]
-        n_b = n_b[None, None, :, None]
-        m_b = m_b[None, None, :, None]
-        n_f = n_f[None, None, :, None]
-        m_f = m_f[None, None, :, None]
-    else:
-        rows = tl.arange(0, BLOCK_N)[None, :, None]  # (1, BN, 1)
-        cols = tl.arange(0, BLOCK_M)[None, None, :]  # (1, 1, BM)
-        prob3 = prob[:, None, None]  # (P, 1, 1)
-        ok = prob_ok[:, None, None]
-        n_b = n_b[:, None, None]
-        m_b = m_b[:, None, None]
-        n_f = n_f[:, None, None]
-        m_f = m_f[:, None, None]
+    # lanes: LC along the columns, LN along the rows (see _lanes)
+    LC0: tl.constexpr = _LANES_SMALL if BLOCK_N * BLOCK_M <= _ONE_WARP else _LANES_LARGE
+    LC: tl.constexpr = LC0 if LC0 <= BLOCK_M else BLOCK_M
+    LN0: tl.constexpr = 32 // LC
+    LN: tl.constexpr = LN0 if LN0 <= BLOCK_N else BLOCK_N
+    RN: tl.constexpr = BLOCK_N // LN
+    R: tl.constexpr = BLOCK_M // LC
+    rows = (
+        tl.arange(0, RN)[:, None, None, None, None] * LN
+        + tl.arange(0, LN)[None, None, None, :, None]
+    )  # (RN, 1, 1, LN, 1)
+    cols = (
+        tl.arange(0, R)[None, :, None, None, None] * LC
+        + tl.arange(0, LN)[None, None, None, :, None] * 0
+        + tl.arange(0, LC)[None, None, None, None, :]
+    )  # (1, R, 1, LN, LC): a column's lanes along the rows hold it too
+    # Declared non-contiguous: otherwise Triton vectorises the loads along the lanes and
+    # spreads the warps over a problem's columns (barriers in every step)
+    cols = tl.max_contiguous(cols, [1, 1, 1, 1, 1])
+    prob3 = prob[None, None, :, None, None]  # (1, 1, P, 1, 1)
+    ok = prob_ok[None, None, :, None, None]
+    n_b = n_b[None, None, :, None, None]
+    m_b = m_b[None, None, :, None, None]
+    n_f = n_f[None, None, :, None, None]
+    m_f = m_f[None, None, :, None, None]
     row_ok = (rows < n_b) & ok
     col_ok = (cols < m_b) & ok
     valid = row_ok & col_ok  # the problem's own n_b x m_b block
@@ -315,7 +391,49 @@ def _problem_layout(
     return prob3, rows, cols, row_ok, col_ok, valid, in_bounds, 1.0 / n_f, 1.0 / m_f
 
 
-_W4_ELEMENTS = tl.constexpr(_W4_MAX)
+@triton.jit
+def _listing1_step(
+    x,  # (RN, R, P, LN, LC) X
+    x_p2,  # (RN, R, P, LN, LC) X + P2
+    q1,  # (1, R, P, LN, LC)
+    bits,  # (r_base, r_stride, a_base, row_bit, r_word, a_word), see _bit_planes
+    k,  # the inner step's index
+    n_steps,
+    m,
+    row_ok,
+    col_ok,
+    valid,
+    inv_n,
+    inv_m,
+    SAVE_BITS: tl.constexpr,
+):
+    """One inner step of the listing (module docstring): ``(X3, q1', bits)`` from ``X``,
+    ``X + P2`` and ``q1``, both reductions from the same ``X``; with ``SAVE_BITS`` the step's
+    relu pattern and active columns are shifted into the words of ``bits`` (stored when full)."""
+    row_sum = _row_sum(x)  # one per row
+    col_sum = _col_sum(x)  # one per column
+    a = tl.where(row_ok, (row_sum - 1.0) * inv_m, 0.0)
+    s = col_sum - _col_sum(a) + q1
+    q1_new = tl.where(col_ok, _relu(s - 1.0), 0.0)
+    x3 = tl.where(valid, x_p2 - a + (q1 - q1_new) * inv_n, 0.0)
+    if SAVE_BITS:
+        r_base, r_stride, a_base, row_bit, r_word, a_word = bits
+        SPW: tl.constexpr = 64 // row_bit.shape[0]
+        r_word, a_word = _store_bits(
+            r_base + (k // SPW) * r_stride,
+            a_base + (k // 64) * m,
+            r_word,
+            a_word,
+            ~(x3 <= 0.0),
+            ~(q1_new <= 0.0),
+            k,
+            k == n_steps - 1,
+            col_ok,
+            row_bit,
+            SPW,
+        )
+        bits = (r_base, r_stride, a_base, row_bit, r_word, a_word)
+    return x3, q1_new, bits
 
 
 @triton.autotune(_warp_configs(), key=[*_SHAPE_KEY, "SAVE_BITS"], prune_configs_by=_PRUNE)
@@ -325,7 +443,7 @@ def _dmm_fwd_kernel(
     x_init_ptr,  # (B, n, m) cost's dtype
     sizes_ptr,  # (B, 2) int64 (n_b, m_b); unused unless HAS_SIZES
     out_ptr,  # (B, n, m) cost's dtype, contiguous
-    r_bits_ptr,  # (B, ceil(K / SPW), m) int64, relu pattern; unused unless SAVE_BITS
+    r_bits_ptr,  # (B, LN * ceil(K / SPW), m) int64, relu pattern; unused unless SAVE_BITS
     a_bits_ptr,  # (B, ceil(K / 64), m) int64, active columns; unused unless SAVE_BITS
     B,
     n,
@@ -345,60 +463,45 @@ def _dmm_fwd_kernel(
     BLOCK_N: tl.constexpr,  # next_power_of_2(n), <= 64
     BLOCK_M: tl.constexpr,  # next_power_of_2(m)
 ):
-    SPW: tl.constexpr = 64 // BLOCK_N  # inner steps per relu-pattern word
-    W4: tl.constexpr = BLOCK_N * BLOCK_M <= _W4_ELEMENTS
     prob3, rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m = _problem_layout(
-        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M, W4
+        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M
     )
     c = tl.load(
         cost_ptr + prob3 * stride_cb + rows * stride_cn + cols * stride_cm, mask=valid, other=0.0
     )
+    step = c.to(tl.float32) * lr
     x = tl.load(
         x_init_ptr + prob3 * stride_xb + rows * stride_xn + cols * stride_xm, mask=valid, other=0.0
-    )
-    step = c.to(tl.float32) * lr  # (P, BN, BM)
-    x = x.to(tl.float32)
+    ).to(tl.float32)
     total = x
-    p2 = tl.full(valid.shape, 0.0, tl.float32)
+    xp2 = x  # X + P2 (P2 = 0 at the start)
     q1 = tl.full(col_ok.shape, 0.0, tl.float32)
 
+    n_steps = n_grad * n_proj
     if SAVE_BITS:
-        n_steps = n_grad * n_proj
-        r_base = r_bits_ptr + prob3 * (((n_steps + SPW - 1) // SPW) * m) + cols  # (P, 1, BM)
-        a_base = a_bits_ptr + prob3 * (((n_steps + 63) // 64) * m) + cols
-        row_bit = tl.full(rows.shape, 1, tl.int64) << rows.to(tl.int64)
+        r_base, r_stride, a_base, row_bit = _bit_planes(
+            r_bits_ptr, a_bits_ptr, prob3, rows, cols, m, m, n_steps
+        )
         r_word = tl.full(col_ok.shape, 0, tl.int64)
-        a_word = tl.full(col_ok.shape, 0, tl.int64)
+        bits = (r_base, r_stride, a_base + cols, row_bit, r_word, r_word)
+    else:
+        bits = (0, 0, 0, 0, 0, 0)  # never read
 
     for g in range(n_grad):
-        x = x - step
-        for j in range(n_proj):
-            row_sum = _row_sum(x, W4)  # one per row
-            col_sum = _col_sum(x, W4)  # one per column, from the same X
-            a = tl.where(row_ok, (row_sum - 1.0) * inv_m, 0.0)
-            s = col_sum - _col_sum(a, W4) + q1
-            q1_new = tl.where(col_ok, _relu(s - 1.0), 0.0)  # (P, 1, BM)
-            x3 = tl.where(valid, x - a + (q1 - q1_new) * inv_n + p2, 0.0)
-            x = _relu(x3)
-            p2 = x3 - x
-            q1 = q1_new
-            if SAVE_BITS:
-                k = g * n_proj + j
-                r_word, a_word = _pack_bits(
-                    r_base + (k // SPW) * m,
-                    a_base + (k // 64) * m,
-                    r_word,
-                    a_word,
-                    ~(x3 <= 0.0),
-                    ~(q1_new <= 0.0),
-                    k,
-                    k == n_steps - 1,
-                    col_ok,
-                    row_bit,
-                    SPW,
-                    BLOCK_N,
-                    W4,
-                )
+        # the first inner step takes X - lr C; the others carry only X3: X = relu(X3) and
+        # X + P2 = X3 (P2 = X3 - relu(X3)), so X3' = X3 - a + (q1 - q1') / n_b
+        k = g * n_proj
+        x3, q1, bits = _listing1_step(
+            x - step, xp2 - step, q1, bits, k, n_steps, m, row_ok, col_ok, valid, inv_n, inv_m,
+            SAVE_BITS,
+        )  # fmt: skip
+        for j in range(1, n_proj):
+            x3, q1, bits = _listing1_step(
+                _relu(x3), x3, q1, bits, k + j, n_steps, m, row_ok, col_ok, valid, inv_n, inv_m,
+                SAVE_BITS,
+            )  # fmt: skip
+        x = _relu(x3)
+        xp2 = x3
         total += x
 
     out = total / (n_grad + 1).to(tl.float32)
@@ -413,7 +516,7 @@ def _dmm_fwd_original_kernel(
     x_init_ptr,  # (B, n, m) cost's dtype
     sizes_ptr,  # (B, 2) int64 (n_b, m_b); unused unless HAS_SIZES
     out_ptr,  # (B, n, m) cost's dtype, contiguous
-    r_bits_ptr,  # (B, ceil(K / SPW), m) int64, relu pattern; unused unless SAVE_BITS
+    r_bits_ptr,  # (B, LN * ceil(K / SPW), m) int64, relu pattern; unused unless SAVE_BITS
     a_bits_ptr,  # (B, ceil(K / 64), m + 1) int64, active columns + applied steps
     B,
     n,
@@ -434,19 +537,17 @@ def _dmm_fwd_original_kernel(
     BLOCK_M: tl.constexpr,
 ):
     """The original code's solver (``variant="original"``, see the module docstring)."""
-    SPW: tl.constexpr = 64 // BLOCK_N
-    W4: tl.constexpr = BLOCK_N * BLOCK_M <= _W4_ELEMENTS
     prob3, rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m = _problem_layout(
-        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M, W4
+        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M
     )
+    SPW: tl.constexpr = 64 // rows.shape[0]
     c = tl.load(
         cost_ptr + prob3 * stride_cb + rows * stride_cn + cols * stride_cm, mask=valid, other=0.0
     ).to(tl.float32)
     x = tl.load(
         x_init_ptr + prob3 * stride_xb + rows * stride_xn + cols * stride_xm, mask=valid, other=0.0
     ).to(tl.float32)
-    step = c * lr  # (P, BN, BM)
-    n_f = 1.0 / inv_n  # (P, 1, 1) n_b as fp32 (1 for an empty problem)
+    n_f = 1.0 / inv_n  # n_b as fp32 (1 for an empty problem)
     total = x
     count = tl.full(prob3.shape, 1.0, tl.float32)  # iterates in the mean
     p0 = tl.full(valid.shape, 0.0, tl.float32)  # non-negativity correction
@@ -457,35 +558,37 @@ def _dmm_fwd_original_kernel(
     if SAVE_BITS:
         n_steps = n_grad * n_proj
         a_cols = m + 1  # column m of the active-column plane: the applied-step flags
-        r_base = r_bits_ptr + prob3 * (((n_steps + SPW - 1) // SPW) * m) + cols  # (P, 1, BM)
-        a_base = a_bits_ptr + prob3 * (((n_steps + 63) // 64) * a_cols)  # (P, 1, 1)
-        row_bit = tl.full(rows.shape, 1, tl.int64) << rows.to(tl.int64)
+        r_base, r_stride, a_base, row_bit = _bit_planes(
+            r_bits_ptr, a_bits_ptr, prob3, rows, cols, m, a_cols, n_steps
+        )
         r_word = tl.full(col_ok.shape, 0, tl.int64)
         a_word = tl.full(col_ok.shape, 0, tl.int64)
-        f_word = tl.full(prob3.shape, 0, tl.int64)
-        exists = prob3 < B  # (P, 1, 1)
+        # the flags of a problem, held by every lane of its warp (no layout conversion)
+        lanes = tl.full((1, 1, 1, rows.shape[3], cols.shape[4]), 0, tl.int64)
+        f_word = tl.full(prob3.shape, 0, tl.int64) + lanes
+        exists = (prob3 < B) & (lanes == 0)
 
     for g in range(n_grad):
         running = ~stopped
-        x = tl.where(running, x - step, x)  # gradient step
+        x = tl.where(running, x - c * lr, x)  # gradient step
         xc = x * c
-        norm = tl.sqrt_rn(_col_sum(_row_sum(xc * xc, W4), W4))
+        norm = tl.sqrt_rn(_col_sum(_row_sum(xc * xc)))
         total += tl.where(running, x, 0.0)  # the mean takes the iterate before projections
         count += running.to(tl.float32)
         idle = stopped  # an inner cycle changed nothing: skip the others of this outer step
         for j in range(n_proj):
             z = x + p0
             y = _relu(z)  # non-negativity
-            col_sum = _col_sum(y, W4)
-            row_sum = _row_sum(y, W4)  # from the same Y
+            col_sum = _col_sum(y)
+            row_sum = _row_sum(y)  # from the same Y
             cs = col_sum + p1 * n_f  # column sums of Y + P1
             active = col_ok & ~(cs <= 1.0)
             p1_new = tl.where(active, (cs - 1.0) * inv_n, 0.0)  # columns
             d = p1 - p1_new  # (P, 1, BM)
-            a = tl.where(row_ok, (row_sum + _row_sum(d, W4) - 1.0) * inv_m, 0.0)
+            a = tl.where(row_ok, (row_sum + _row_sum(d) - 1.0) * inv_m, 0.0)
             x_new = tl.where(valid, y + d - a, 0.0)  # rows
             diff = x_new - x
-            moved = _col_sum(_row_sum(diff * diff, W4), W4)
+            moved = _col_sum(_row_sum(diff * diff))
             applied = ~idle
             x = tl.where(applied, x_new, x)
             p0 = tl.where(applied, z - y, p0)
@@ -494,8 +597,8 @@ def _dmm_fwd_original_kernel(
             if SAVE_BITS:
                 k = g * n_proj + j
                 last = k == n_steps - 1
-                r_word, a_word = _pack_bits(
-                    r_base + (k // SPW) * m,
+                r_word, a_word = _store_bits(
+                    r_base + (k // SPW) * r_stride,
                     a_base + (k // 64) * a_cols + cols,
                     r_word,
                     a_word,
@@ -506,13 +609,10 @@ def _dmm_fwd_original_kernel(
                     col_ok,
                     row_bit,
                     SPW,
-                    BLOCK_N,
-                    W4,
                 )
-                f_slot = k % 64
-                f_word = tl.where(f_slot == 0, 0, f_word) | (applied.to(tl.int64) << f_slot)
-                f_ptr = a_base + (k // 64) * a_cols + m
-                tl.store(f_ptr, f_word, mask=exists & ((f_slot == 63) | last))
+                f_word = _push(f_word, applied.to(tl.int64), 1)
+                f_ptr = a_base + (k // 64) * a_cols + m + lanes
+                tl.store(f_ptr, f_word, mask=exists & ((k % 64 == 63) | last))
         stopped = stopped | (norm == prev_norm)
         prev_norm = norm
 
@@ -526,7 +626,7 @@ def _dmm_fwd_original_kernel(
 def _dmm_bwd_kernel(
     grad_out_ptr,  # (B, n, m) cost's dtype
     sizes_ptr,  # (B, 2) int64 (n_b, m_b); unused unless HAS_SIZES
-    r_bits_ptr,  # (B, ceil(K / SPW), m) int64, written by the forward
+    r_bits_ptr,  # (B, LN * ceil(K / SPW), m) int64, written by the forward
     a_bits_ptr,  # (B, ceil(K / 64), m) int64, written by the forward
     grad_cost_ptr,  # (B, n, m) cost's dtype, contiguous
     grad_x_ptr,  # (B, n, m) cost's dtype, contiguous
@@ -544,10 +644,8 @@ def _dmm_bwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
-    SPW: tl.constexpr = 64 // BLOCK_N
-    W4: tl.constexpr = BLOCK_N * BLOCK_M <= _W4_ELEMENTS
     prob3, rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m = _problem_layout(
-        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M, W4
+        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M
     )
     g_offs = prob3 * stride_gb + rows * stride_gn + cols * stride_gm
     g_out = tl.load(grad_out_ptr + g_offs, mask=valid, other=0.0).to(tl.float32)
@@ -558,23 +656,26 @@ def _dmm_bwd_kernel(
     g_steps = tl.full(valid.shape, 0.0, tl.float32)  # sum of adjoints of X - lr C
 
     n_steps = n_grad * n_proj
-    r_base = r_bits_ptr + prob3 * (((n_steps + SPW - 1) // SPW) * m) + cols  # (P, 1, BM)
-    a_base = a_bits_ptr + prob3 * (((n_steps + 63) // 64) * m) + cols
-    row_shift = rows.to(tl.int64)  # (1, BN, 1)
+    r_base, r_stride, a_base, row_bit = _bit_planes(
+        r_bits_ptr, a_bits_ptr, prob3, rows, cols, m, m, n_steps
+    )
+    a_base += cols
+    r_word = tl.full(col_ok.shape, 0, tl.int64)
+    a_word = tl.full(col_ok.shape, 0, tl.int64)
 
     for gi in range(n_grad):
         g_x += g_total
         for ji in range(n_proj):
             k = n_steps - 1 - (gi * n_proj + ji)
-            relu_on, active = _unpack_bits(
-                r_base + (k // SPW) * m, a_base + (k // 64) * m, k, col_ok, row_shift, SPW, BLOCK_N
-            )  # (P, BN, BM), (P, 1, BM)
+            r_word, a_word, relu_on, active = _load_bits(
+                r_base, r_stride, a_base, m, r_word, a_word, k, n_steps, col_ok, row_bit
+            )  # (RN, R, P, LN, LC), (1, R, P, LN, LC)
 
             g_x3 = tl.where(valid, tl.where(relu_on, g_x, g_p2), 0.0)
-            g_d = _col_sum(g_x3, W4)
+            g_d = _col_sum(g_x3)
             g_s = tl.where(active, g_q - g_d * inv_n, 0.0)
-            g_r = _row_sum(g_x3, W4)
-            g_a = -g_r - _row_sum(g_s, W4)
+            g_r = _row_sum(g_x3)
+            g_a = -g_r - _row_sum(g_s)
             g_x = g_x3 + tl.where(row_ok, g_a * inv_m, 0.0) + g_s
             g_p2 = g_x3
             g_q = g_d * inv_n + g_s
@@ -593,7 +694,7 @@ def _dmm_bwd_kernel(
 def _dmm_bwd_original_kernel(
     grad_out_ptr,  # (B, n, m) cost's dtype
     sizes_ptr,  # (B, 2) int64 (n_b, m_b); unused unless HAS_SIZES
-    r_bits_ptr,  # (B, ceil(K / SPW), m) int64, written by the forward
+    r_bits_ptr,  # (B, LN * ceil(K / SPW), m) int64, written by the forward
     a_bits_ptr,  # (B, ceil(K / 64), m + 1) int64, written by the forward
     grad_cost_ptr,  # (B, n, m) cost's dtype, contiguous
     grad_x_ptr,  # (B, n, m) cost's dtype, contiguous
@@ -612,25 +713,25 @@ def _dmm_bwd_original_kernel(
     BLOCK_M: tl.constexpr,
 ):
     """Reverse sweep of :func:`_dmm_fwd_original_kernel` (see the module docstring)."""
-    SPW: tl.constexpr = 64 // BLOCK_N
-    W4: tl.constexpr = BLOCK_N * BLOCK_M <= _W4_ELEMENTS
     prob3, rows, cols, row_ok, col_ok, valid, in_bounds, inv_n, inv_m = _problem_layout(
-        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M, W4
+        sizes_ptr, B, n, m, HAS_SIZES, PROBLEMS, BLOCK_N, BLOCK_M
     )
     n_f = 1.0 / inv_n
     n_steps = n_grad * n_proj
     a_cols = m + 1
-    r_base = r_bits_ptr + prob3 * (((n_steps + SPW - 1) // SPW) * m) + cols  # (P, 1, BM)
-    a_base = a_bits_ptr + prob3 * (((n_steps + 63) // 64) * a_cols)  # (P, 1, 1)
+    r_base, r_stride, a_base, row_bit = _bit_planes(
+        r_bits_ptr, a_bits_ptr, prob3, rows, cols, m, a_cols, n_steps
+    )
     exists = prob3 < B
-    row_shift = rows.to(tl.int64)  # (1, BN, 1)
 
-    # iterates in the mean: x_init and every outer step that ran (its first cycle is applied)
+    # iterates in the mean: x_init and every outer step that ran (its first cycle is applied);
+    # step k's flag is bit (steps in its word - 1 - k % 64) of the word (newest lowest)
     count = tl.full(prob3.shape, 1.0, tl.float32)
     for g in range(n_grad):
         k = g * n_proj
+        filled = tl.minimum(n_steps - (k // 64) * 64, 64)
         f_word = tl.load(a_base + (k // 64) * a_cols + m, mask=exists, other=0)
-        count += ((f_word >> (k % 64)) & 1).to(tl.float32)
+        count += ((f_word >> (filled - 1 - k % 64)) & 1).to(tl.float32)
 
     g_offs = prob3 * stride_gb + rows * stride_gn + cols * stride_gm
     g_out = tl.load(grad_out_ptr + g_offs, mask=valid, other=0.0).to(tl.float32)
@@ -639,36 +740,35 @@ def _dmm_bwd_original_kernel(
     g_p0 = tl.full(valid.shape, 0.0, tl.float32)
     g_p1 = tl.full(col_ok.shape, 0.0, tl.float32)
     g_steps = tl.full(valid.shape, 0.0, tl.float32)  # sum of adjoints of X - lr C
+    r_word = tl.full(col_ok.shape, 0, tl.int64)
+    a_word = tl.full(col_ok.shape, 0, tl.int64)
+    f_word = tl.full(prob3.shape, 0, tl.int64)
+    applied = tl.full(prob3.shape, 0, tl.int1)
 
     for gi in range(n_grad):
         g = n_grad - 1 - gi
         for ji in range(n_proj):
             k = g * n_proj + n_proj - 1 - ji
-            relu_on, active = _unpack_bits(
-                r_base + (k // SPW) * m,
-                a_base + (k // 64) * a_cols + cols,
-                k,
-                col_ok,
-                row_shift,
-                SPW,
-                BLOCK_N,
-            )  # (P, BN, BM), (P, 1, BM)
-            f_word = tl.load(a_base + (k // 64) * a_cols + m, mask=exists, other=0)
-            applied = ((f_word >> (k % 64)) & 1) != 0  # (P, 1, 1)
+            r_word, a_word, relu_on, active = _load_bits(
+                r_base, r_stride, a_base + cols, a_cols, r_word, a_word, k, n_steps, col_ok, row_bit
+            )  # (RN, R, P, LN, LC), (1, R, P, LN, LC)
+            f_word = f_word >> 1
+            if (k % 64 == 63) | (k == n_steps - 1):
+                f_word = tl.load(a_base + (k // 64) * a_cols + m, mask=exists, other=0)
+            applied = (f_word & 1) != 0  # (1, 1, P, 1, 1)
 
             gg = tl.where(valid, g_x, 0.0)  # adjoint of X' = Y + d - a
-            g_a = -_row_sum(gg, W4)  # adjoint of a
+            g_a = -_row_sum(gg)  # adjoint of a
             g_a = tl.where(row_ok, g_a * inv_m, 0.0)
-            g_d = _col_sum(gg, W4) + _col_sum(g_a, W4)
-            g_d = tl.where(col_ok, g_d, 0.0)  # (P, 1, BM), adjoint of d = p1 - p1'
+            g_d = _col_sum(gg) + _col_sum(g_a)
+            g_d = tl.where(col_ok, g_d, 0.0)  # adjoint of d = p1 - p1'
             g_cs = tl.where(active, (g_p1 - g_d) * inv_n, 0.0)  # adjoint of the column sums
             g_y = gg + g_a + g_cs  # adjoint of Y
             g_z = tl.where(valid, g_p0 + tl.where(relu_on, g_y - g_p0, 0.0), 0.0)
             g_x = tl.where(applied, g_z, g_x)
             g_p0 = tl.where(applied, g_z, g_p0)
             g_p1 = tl.where(applied, g_d + g_cs * n_f, g_p1)
-        f_word = tl.load(a_base + ((g * n_proj) // 64) * a_cols + m, mask=exists, other=0)
-        ran = ((f_word >> ((g * n_proj) % 64)) & 1) != 0  # (P, 1, 1)
+        ran = applied  # the flag of the outer step's first cycle, visited last
         g_x += tl.where(ran, g_mean, 0.0)
         g_steps += tl.where(ran, g_x, 0.0)
 
@@ -735,11 +835,12 @@ def bits_shapes(batch: int, n: int, m: int, n_grad: int, n_proj: int, variant: s
 
     ``variant="original"`` adds one column to ``a_bits``: the applied-step flags.
     """
-    block_n, _ = block_sizes(n, m)
+    block_n, block_m = block_sizes(n, m)
+    lanes_n, _ = _lanes(block_n, block_m)
     n_steps = n_grad * n_proj
-    spw = 64 // block_n
+    spw = 64 // (block_n // lanes_n)
     a_cols = m + _check_variant(variant)
-    return (batch, -(-n_steps // spw), m), (batch, -(-n_steps // 64), a_cols)
+    return (batch, lanes_n * -(-n_steps // spw), m), (batch, -(-n_steps // 64), a_cols)
 
 
 def bits_bytes_per_problem(

@@ -277,9 +277,13 @@ def test_scratch_is_far_smaller_than_the_reference_autograd_graph():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         match_reference(cost, x_init, n_grad, n_proj, 0.1)
     per_problem = km.bits_bytes_per_problem(n, m, n_grad, n_proj)
-    assert per_problem == 8 * m * (
-        math.ceil(n_grad * n_proj * 8 / 64) + math.ceil(n_grad * n_proj / 64)
-    )
+    # relu words: each of the LN lanes along the rows packs its n / LN rows, 64 // (n / LN)
+    # steps a word; active columns: 64 steps a word
+    lanes_n, _ = km._lanes(n, m)
+    k = n_grad * n_proj
+    relu_words = lanes_n * math.ceil(k / (64 // (n // lanes_n)))
+    assert per_problem == 8 * m * (relu_words + math.ceil(k / 64))
+    assert per_problem <= 8 * m * (math.ceil(k * n / 64) + math.ceil(k / 64) + lanes_n)
     r_bits, a_bits = (
         torch.empty(s, dtype=torch.int64) for s in km.bits_shapes(b, n, m, n_grad, n_proj)
     )
@@ -390,7 +394,8 @@ def test_fake_implementations_give_shapes_without_running_kernels():
         out, r_bits, a_bits = tb.dmm_match_fwd(cost, cost, None, 40, 5, 0.1, True)
         grads = tb.dmm_match_bwd(out, r_bits, a_bits, None, 40, 5, 0.1)
     assert out.shape == (7, 5, 50) and out.dtype == torch.float16
-    assert tuple(r_bits.shape) == (7, 25, 50) and tuple(a_bits.shape) == (7, 4, 50)
+    # 5 x 50: 2 lanes along the rows, 4 rows a thread: 16 steps a word, 13 words a lane
+    assert tuple(r_bits.shape) == (7, 26, 50) and tuple(a_bits.shape) == (7, 4, 50)
     assert r_bits.dtype == a_bits.dtype == torch.int64
     assert all(g.shape == (7, 5, 50) and g.dtype == torch.float16 for g in grads)
 

@@ -164,9 +164,10 @@ def test_original_through_the_custom_op_with_autograd():
 def test_original_bits_carry_one_column_of_step_flags():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    assert km.bits_shapes(2, 5, 50, 40, 5, ORIGINAL) == ((2, 25, 50), (2, 4, 51))
-    assert km.bits_bytes_per_problem(5, 50, 40, 5, ORIGINAL) == 8 * (25 * 50 + 4 * 51)
+    # 5 x 50: 2 lanes along the rows, 4 rows a thread: 16 steps a word, 13 words a lane
+    assert km.bits_shapes(2, 5, 50, 40, 5, ORIGINAL) == ((2, 26, 50), (2, 4, 51))
+    assert km.bits_bytes_per_problem(5, 50, 40, 5, ORIGINAL) == 8 * (26 * 50 + 4 * 51)
     with FakeTensorMode():
         cost = torch.empty(7, 5, 50)
         _, r_bits, a_bits = tb.dmm_match_fwd(cost, cost, None, 40, 5, 0.1, True, ORIGINAL)
-    assert tuple(r_bits.shape) == (7, 25, 50) and tuple(a_bits.shape) == (7, 4, 51)
+    assert tuple(r_bits.shape) == (7, 26, 50) and tuple(a_bits.shape) == (7, 4, 51)

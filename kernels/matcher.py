@@ -100,8 +100,8 @@ float64, exits at different steps on 109 of 300 random problems of at most 4 x 9
 [-1, 0], greedy start, 40 x 5, lr 0.1); exits at exact fixed points (a feasible start with a
 zero cost, a single proposal) fire at the same step everywhere.
 
-Scratch per problem: ``8 * m * (ceil(K * BLOCK_N / 64) + ceil(K / 64))`` bytes (see
-:func:`bits_bytes_per_problem`), about ``K * m * (BLOCK_N + 1) / 8``: 11.6 kB for 5 x 50 and
+Scratch per problem: ``8 * m * (LN * ceil(K / SPW) + ceil(K / 64))`` bytes (see
+:func:`bits_bytes_per_problem`), about ``K * m * (BLOCK_N + 1) / 8``: 12.0 kB for 5 x 50 and
 426 kB for 32 x 512 at 40 x 5 iterations. Autograd through the reference saves about one
 fp32 ``(n, m)`` tensor per inner step (33 to 38 bits per element and step, measured with
 saved-tensor hooks): 240 kB and 13.5 MB for the same two cases, 20 to 32 times more.

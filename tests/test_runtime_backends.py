@@ -1,0 +1,129 @@
+"""onnxruntime stage sessions: the cache of CPU-optimized graphs (written once, reused,
+bit-identical results, skipped when the folder cannot be written, rebuilt when damaged)."""
+
+import os
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from dmm_deploy.runtime.backends import OrtStage, optimized_graph_path  # noqa: E402
+from dmm_deploy.runtime.bundle import StageSpec, TensorSpec, sha256_file  # noqa: E402
+
+
+def _conv_stage(root):
+    """Two 3x3 convolutions (8 -> 16 -> 8 channels, dynamic batch): a graph whose optimized
+    form differs from the file (NCHWc layout on x86, fused activations)."""
+    root.mkdir(parents=True, exist_ok=True)
+    g = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(g.standard_normal((16, 8, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(g.standard_normal((8, 16, 3, 3)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("Conv", ["b", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8, 20, 24])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 8, 20, 24])
+    graph = helper.make_graph(nodes, "conv", [x], [y], initializer=[w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = root / "conv.onnx"
+    onnx.save(model, str(path))
+    spec = StageSpec(
+        name="conv",
+        file="conv.onnx",
+        sha256=sha256_file(path),
+        precision="fp32",
+        opset=17,
+        inputs=(TensorSpec("x", "float32", ("B", 8, 20, 24)),),
+        outputs=(TensorSpec("y", "float32", ("B", 8, 20, 24)),),
+        extra={},
+    )
+    return path, spec
+
+
+@pytest.fixture()
+def conv_stage(tmp_path):
+    return _conv_stage(tmp_path / "bundle")
+
+
+def _x():
+    return np.random.default_rng(1).standard_normal((3, 8, 20, 24)).astype(np.float32)
+
+
+def test_cache_is_written_once_reused_and_bit_identical(conv_stage, tmp_path):
+    path, spec = conv_stage
+    cache = tmp_path / "bundle" / "engines"
+    plain = OrtStage(path, spec, threads=1, cache_dir=cache, optimized_cache=False)
+    assert plain.optimized_path is None and not cache.exists()
+    want = plain.run({"x": _x()})["y"]
+
+    first = OrtStage(path, spec, threads=1, cache_dir=cache)
+    target = optimized_graph_path(path, spec, cache)
+    assert first.optimized_path == target and target.is_file()
+    assert [p.name for p in cache.iterdir()] == [target.name]  # no temporary left behind
+    stamp = target.stat().st_mtime_ns
+    np.testing.assert_array_equal(first.run({"x": _x()})["y"], want)
+
+    second = OrtStage(path, spec, threads=1, cache_dir=cache)
+    assert target.stat().st_mtime_ns == stamp  # loaded, not written again
+    np.testing.assert_array_equal(second.run({"x": _x()})["y"], want)
+
+
+def test_cache_key_follows_the_graph_file(conv_stage, tmp_path):
+    path, spec = conv_stage
+    cache = tmp_path / "bundle" / "engines"
+    before = optimized_graph_path(path, spec, cache)
+    assert before.parent == cache and before.name.startswith("conv-ort-cpu-")
+    assert optimized_graph_path(path, spec, cache) == before
+    other = StageSpec(**{**spec.__dict__, "sha256": "0" * 64})
+    assert optimized_graph_path(path, other, cache) != before
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file was replaced
+    assert optimized_graph_path(path, spec, cache) != before
+
+
+def test_unwritable_cache_folder_is_skipped(conv_stage, tmp_path):
+    path, spec = conv_stage
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    stage = OrtStage(path, spec, threads=1, cache_dir=blocker / "engines")
+    assert stage.run({"x": _x()})["y"].shape == (3, 8, 20, 24)
+    assert blocker.is_file()
+
+
+def test_damaged_cache_file_is_rebuilt(conv_stage, tmp_path):
+    path, spec = conv_stage
+    cache = tmp_path / "bundle" / "engines"
+    target = optimized_graph_path(path, spec, cache)
+    cache.mkdir(parents=True)
+    target.write_bytes(b"not an onnx graph")
+    want = OrtStage(path, spec, threads=1, optimized_cache=False).run({"x": _x()})["y"]
+    stage = OrtStage(path, spec, threads=1, cache_dir=cache)
+    np.testing.assert_array_equal(stage.run({"x": _x()})["y"], want)
+    onnx.checker.check_model(onnx.load(str(target)))
+
+
+def test_optimized_cache_must_be_a_bool(conv_stage):
+    path, spec = conv_stage
+    with pytest.raises(ValueError, match="optimized_cache must be True or False") as e:
+        OrtStage(path, spec, optimized_cache="yes")
+    assert "\n" not in str(e.value)
+
+
+def test_lean_heap_is_a_validated_switch(conv_stage):
+    import platform
+
+    from dmm_deploy.runtime.backends import set_lean_heap
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert set_lean_heap() is glibc  # idempotent: the same fixed threshold again
+    path, spec = conv_stage
+    assert OrtStage(path, spec, lean_heap=False).run({"x": _x()})["y"].shape == (3, 8, 20, 24)
+    with pytest.raises(ValueError, match="lean_heap must be True or False"):
+        OrtStage(path, spec, lean_heap=1)

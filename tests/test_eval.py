@@ -291,12 +291,17 @@ def test_objects_void_and_unknown_ids():
 
 
 def test_object_appearing_later_counts_both_empty_frames_as_one():
+    # objects are 1..max id of the first frame: object 1 is absent there (object 2 is not)
+    # and appears at frame 3; frames where both masks are empty score 1
     gt = _sequence(5)
-    gt[:3] = 0  # appears at frame 3
-    pred = np.zeros_like(gt)
-    (obj,) = evaluate_sequence(gt, pred, "late")
-    np.testing.assert_allclose(obj.j, [1, 1, 0])  # frames 1, 2 empty in both
-    np.testing.assert_allclose(obj.f, [1, 1, 0])
+    gt[:3] = 0
+    gt[:, 6, 8] = 2
+    pred = np.where(gt == 2, 2, 0).astype(np.uint8)
+    one, two = evaluate_sequence(gt, pred, "late")
+    assert (one.object_id, two.object_id) == (1, 2)
+    np.testing.assert_allclose(one.j, [1, 1, 0])  # frames 1, 2 empty in both
+    np.testing.assert_allclose(one.f, [1, 1, 0])
+    np.testing.assert_allclose(two.j, [1, 1, 1])
 
 
 def test_global_averages_objects_not_sequences():
@@ -327,8 +332,9 @@ def test_sequence_input_errors():
         evaluate_sequence(gt, gt[:, :4], "s")
     with pytest.raises(ValueError, match="at least 3"):
         evaluate_sequence(gt[:2], gt[:2], "s")
-    with pytest.raises(ValueError, match="no object"):
-        evaluate_sequence(np.zeros_like(gt), gt, "s")
+    assert evaluate_sequence(np.zeros_like(gt), gt, "s") == []  # no object in frame 0
+    with pytest.raises(ValueError, match="no object to score"):
+        evaluate_sequences({"s": np.zeros_like(gt)}, {"s": gt})
     with pytest.raises(ValueError, match=r"\(T, H, W\)"):
         evaluate_sequence(gt[0], gt[0], "s")
     with pytest.raises(TypeError, match="integer"):
@@ -443,7 +449,10 @@ def test_unknown_ids_extra_frames_and_sequences_warn_or_refuse(davis_dirs, capsy
 
     root, gt, pred = davis_dirs
     assert unknown_ids(gt, np.where(gt == 2, 7, gt)) == [7]
-    assert unknown_ids(np.where(gt == 1, 255, gt), gt) == [1]  # 255 in gt is void, not an id
+    assert unknown_ids(np.where(gt == 2, 255, gt), gt) == [2]  # 255 in gt is void, not an id
+    # objects are 1..max id of the FIRST gt frame: 1 is an object (empty gt), 3 is not
+    assert unknown_ids(np.where(gt == 1, 0, gt), np.where(gt == 2, 3, gt)) == [3]
+    assert unknown_ids(gt, np.full_like(gt, 255)) == [255]
     odd = pred.copy()
     odd[2, 0, 0] = 9
     write_mask(root / "pred" / "seqA" / "00002.png", odd[2])

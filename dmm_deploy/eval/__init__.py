@@ -6,11 +6,14 @@ In memory: :func:`evaluate_sequences` (sequence name -> ``(T, H, W)`` label arra
 """
 
 from dmm_deploy.eval.evaluate import (
+    DAVIS_SEQUENCE_COLUMNS,
     METRICS,
     EvalResults,
     ObjectScores,
     evaluate_sequence,
     evaluate_sequences,
+    object_ids,
+    scored_frames,
     unknown_ids,
 )
 from dmm_deploy.eval.folders import evaluate_dirs, find_sequences
@@ -25,6 +28,7 @@ from dmm_deploy.eval.metrics import (
 )
 
 __all__ = [
+    "DAVIS_SEQUENCE_COLUMNS",
     "METRICS",
     "EvalResults",
     "ObjectScores",
@@ -37,7 +41,9 @@ __all__ = [
     "evaluate_sequence",
     "evaluate_sequences",
     "find_sequences",
+    "object_ids",
     "region_similarity",
+    "scored_frames",
     "seg2bmap",
     "unknown_ids",
 ]

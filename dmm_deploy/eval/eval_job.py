@@ -21,43 +21,79 @@ def add_args(p: argparse.ArgumentParser) -> None:
         required=True,
         help="predictions in the same layout (PNG names as in --gt)",
     )
-    p.add_argument("--csv", type=Path, default=None, help="also write the results to this CSV file")
+    p.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="also write every object, sequence and the global row (all statistics) to this "
+        "CSV file",
+    )
+    p.add_argument(
+        "--davis-csv",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write the official DAVIS 2017 evaluator's files into DIR: "
+        "global_results-SET.csv and per-sequence_results-SET.csv (same columns and format)",
+    )
+    p.add_argument(
+        "--set",
+        default="val",
+        help="the SET in the --davis-csv file names (default: val)",
+    )
     p.add_argument(
         "--all-frames",
         action="store_true",
-        help="score every frame (default: leave out each sequence's first and last frame, "
-        "as the DAVIS 2017 semi-supervised evaluation)",
+        help="score every frame (not an official mode; default: leave out each sequence's "
+        "first and last frame, as the DAVIS 2017 semi-supervised evaluation)",
+    )
+    p.add_argument(
+        "--include-late",
+        action="store_true",
+        help="also score objects whose ids first appear after the first frame (not an official "
+        "mode; default: the objects are ids 1..max id of the first ground-truth frame, as DAVIS)",
     )
     p.add_argument(
         "--bound-th",
         type=float,
         default=0.008,
-        help="boundary tolerance: fraction of the image diagonal if < 1, else pixels "
-        "(default 0.008)",
+        help="boundary tolerance: fraction of the image diagonal if < 1, else a whole number "
+        "of pixels (default 0.008, the official value)",
     )
     p.add_argument(
         "--strict",
         action="store_true",
         help="refuse (exit 2) instead of warning: predicted ids that are not ground-truth "
-        "objects, extra predicted frames or sequences, a partial prediction folder",
+        "objects (the official evaluator refuses them too), extra predicted frames or "
+        "sequences, a partial prediction folder, a sequence without object in its first frame",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate ``args.pred`` against ``args.gt``, print the table, write ``args.csv``."""
+    """Evaluate ``args.pred`` against ``args.gt``, print the table, write the CSV files asked
+    for (``args.csv``, ``args.davis_csv``)."""
     from dmm_deploy.data.output import check_output_path
     from dmm_deploy.eval.folders import evaluate_dirs
+    from dmm_deploy.eval.metrics import disk_radius
 
-    if not args.bound_th > 0:
-        raise ValueError(f"--bound-th must be > 0, got {args.bound_th}")
+    try:
+        disk_radius((1, 1), args.bound_th)  # the same checks as the evaluation's
+    except ValueError as e:
+        raise ValueError(str(e).replace("bound_th", "--bound-th", 1)) from None
+    if args.set != Path(args.set).name or args.set in ("", ".", ".."):
+        raise ValueError(f"--set must be a plain name (used in file names), got {args.set!r}")
+    # before the work, not after the table
     if args.csv is not None:
-        check_output_path(args.csv, "--csv", "file")  # before the work, not after the table
+        check_output_path(args.csv, "--csv", "file")
+    if args.davis_csv is not None:
+        check_output_path(args.davis_csv, "--davis-csv", "folder")
     results = evaluate_dirs(
         args.gt,
         args.pred,
         exclude_first_last=not args.all_frames,
         bound_th=args.bound_th,
+        include_late=args.include_late,
         progress=not args.no_progress and getattr(args, "verbosity", 0) >= 0,
         strict=args.strict,
     )
@@ -67,4 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if args.csv is not None:
         path = results.write_csv(args.csv)
         print(f"wrote {path}")
+    if args.davis_csv is not None:
+        for path in results.write_davis_csv(args.davis_csv, args.set):
+            print(f"wrote {path}")
     return 0

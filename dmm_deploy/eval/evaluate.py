@@ -1,22 +1,25 @@
 """DAVIS 2017 semi-supervised evaluation of label-map sequences: J&F per object and overall.
 
-Semantics (those of the DAVIS 2017 toolkit in its semi-supervised setting):
+Semantics (those of the official DAVIS 2017 evaluator, ``davis2017-evaluation``, in its
+semi-supervised setting):
 
-- The objects of a sequence are the ids present in its ground truth (any frame), except 0
-  (background) and 255. DAVIS marks "void" pixels with 255; the semi-supervised evaluation does
-  not use the void mask, so 255 simply counts as background in the ground truth.
-- Predicted ids that are not objects of the ground truth (255 included) count as background
-  here and are reported (:func:`unknown_ids`; ``dmm-deploy eval`` warns, and refuses with
-  ``--strict``). The official DAVIS 2017 evaluator refuses such a submission outright ("there
-  is an index higher than the number of objects"); it takes the objects to be 1..max id of the
-  first ground-truth frame, and ignores predicted frames and sequences it does not score.
+- The objects of a sequence are ids 1..N, N the largest id of its *first* ground-truth frame
+  (255 excluded: DAVIS marks "void" pixels with 255; the semi-supervised evaluation does not
+  use the void mask, so 255 counts as background in the ground truth). An id below N that the
+  first frame lacks is an object too; an id above N that appears only later is not scored.
+  A sequence whose first frame holds no object is not scored at all (reported in warnings).
+- Predicted ids above N (255 included) are refused by the official evaluator ("there is an
+  index higher than the number of objects"). Here they count as background and are reported
+  (:func:`unknown_ids`; ``dmm-deploy eval`` warns, and refuses with ``--strict``): the scores
+  of a submission the official evaluator accepts are never changed by this.
 - Each object gets per-frame J and F (see :mod:`dmm_deploy.eval.metrics`); the first and the
   last frame of every sequence are left out (the first holds the given annotation), unless
-  ``exclude_first_last=False``.
+  ``exclude_first_last=False`` (an extension: the official evaluator always leaves them out).
 - Per object: Mean, Recall, Decay of J and of F (:func:`~dmm_deploy.eval.metrics.db_statistics`).
   J&F-Mean = (J-Mean + F-Mean) / 2.
 - Overall ("global"): each statistic averaged over all objects of all sequences (every object
   weighs the same, whatever its sequence); sequence rows average the objects of one sequence.
+  :meth:`EvalResults.write_davis_csv` writes the official evaluator's two CSV files.
 """
 
 from __future__ import annotations
@@ -38,16 +41,22 @@ from dmm_deploy.eval.metrics import (
 )
 
 __all__ = [
+    "DAVIS_SEQUENCE_COLUMNS",
     "METRICS",
     "EvalResults",
     "ObjectScores",
     "evaluate_sequence",
     "evaluate_sequences",
+    "object_ids",
+    "scored_frames",
     "unknown_ids",
 ]
 
 METRICS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
-"""Names of the reported statistics, in table / CSV order."""
+"""Names of the reported statistics, in table / CSV order (the official global CSV's columns)."""
+
+DAVIS_SEQUENCE_COLUMNS = ("Sequence", "J-Mean", "F-Mean")
+"""Columns of the official per-object CSV (``per-sequence_results-<set>.csv``)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,47 @@ class EvalResults:
             tmp.write_text(self.to_csv())
         return path
 
+    def davis_csv(self) -> tuple[str, str]:
+        """The official DAVIS 2017 evaluator's two CSV files, as text.
+
+        Returns:
+            ``(global, per_object)``: the global file has the :data:`METRICS` as header and
+            one row; the per-object file (``per-sequence_results``) has the header
+            :data:`DAVIS_SEQUENCE_COLUMNS` and one row per object, ``<sequence>_<id>``.
+            Numbers with 3 decimals, as the official files.
+        """
+        g = io.StringIO()
+        w = csv.writer(g, lineterminator="\n")
+        w.writerow(METRICS)
+        stats = self.global_stats()
+        w.writerow([f"{stats[k]:.3f}" for k in METRICS])
+        per = io.StringIO()
+        w = csv.writer(per, lineterminator="\n")
+        w.writerow(DAVIS_SEQUENCE_COLUMNS)
+        for o in self.objects:
+            s = o.stats()
+            w.writerow([o.name, f"{s['J-Mean']:.3f}", f"{s['F-Mean']:.3f}"])
+        return g.getvalue(), per.getvalue()
+
+    def write_davis_csv(self, folder: str | Path, subset: str = "val") -> tuple[Path, Path]:
+        """Write :meth:`davis_csv` as ``global_results-<subset>.csv`` and
+        ``per-sequence_results-<subset>.csv`` in ``folder`` (created), the official names.
+
+        Returns:
+            The two paths.
+        """
+        from dmm_deploy.data.davis import atomic_output
+
+        folder = Path(folder)
+        paths = (
+            folder / f"global_results-{subset}.csv",
+            folder / f"per-sequence_results-{subset}.csv",
+        )
+        for path, text in zip(paths, self.davis_csv(), strict=True):
+            with atomic_output(path) as tmp:
+                tmp.write_text(text)
+        return paths
+
     def format_table(self) -> str:
         """A text table: object rows, sequence means (for sequences of several objects), global."""
         rows = self.rows()
@@ -182,11 +232,81 @@ class EvalResults:
         return "\n".join(lines)
 
 
-def unknown_ids(gt: np.ndarray, pred: np.ndarray) -> list[int]:
-    """Ids in ``pred`` that are not objects of ``gt`` (neither 0 nor an id of ``gt`` other
-    than 255): they count as background in the scores."""
-    known = {int(i) for i in np.unique(gt) if i != VOID} | {0}
+def object_ids(gt: np.ndarray, *, include_late: bool = False) -> list[int]:
+    """The objects of a sequence: ids 1..N, N the largest id of its first ground-truth frame.
+
+    As the official DAVIS 2017 semi-supervised evaluation: 255 (void) is not an id; ids
+    missing from the first frame but below N are objects; later ids above N are not.
+
+    Args:
+        gt: ``(T, H, W)`` ground-truth label maps, or only the first ``(H, W)`` one.
+        include_late: also the ids above N that appear in later frames (not a DAVIS rule: for
+            data whose objects enter later; needs the whole ``(T, H, W)`` ground truth). The
+            official objects and their scores stay the same.
+
+    Returns:
+        ``[1, ..., N]`` and, with ``include_late``, the later ids ascending (empty when the
+        first frame holds no object and nothing is included later).
+    """
+    gt = np.asarray(gt)
+    first = gt[0] if gt.ndim == 3 else gt
+    ids = first[first != VOID]
+    n = int(ids.max()) if ids.size else 0
+    out = list(range(1, n + 1))
+    if include_late:
+        if gt.ndim != 3:
+            raise ValueError("include_late needs the (T, H, W) ground truth, not one frame")
+        out += [int(i) for i in np.unique(gt) if n < i != VOID]
+    return out
+
+
+def scored_frames(t_n: int, exclude_first_last: bool = True) -> np.ndarray:
+    """Indices of the scored frames of a sequence of ``t_n`` frames (ground-truth order).
+
+    Raises:
+        ValueError: ``exclude_first_last`` and fewer than 3 frames, or no frame at all.
+    """
+    if exclude_first_last:
+        if t_n < 3:
+            raise ValueError(
+                f"{t_n} frame(s); at least 3 are needed when the first and last frames are excluded"
+            )
+        return np.arange(1, t_n - 1)
+    if t_n < 1:
+        raise ValueError("no frame")
+    return np.arange(t_n)
+
+
+def unknown_ids(gt: np.ndarray, pred: np.ndarray, *, include_late: bool = False) -> list[int]:
+    """Ids in ``pred`` that are not objects of ``gt`` (:func:`object_ids`; 255 included).
+
+    The official evaluator refuses a prediction holding an id above the first frame's largest
+    one; here such ids count as background.
+
+    Args:
+        gt: ``(T, H, W)`` ground truth (its first frame gives the objects) or that frame.
+        pred: predicted label maps; pass only the scored frames to check what is scored.
+        include_late: as in :func:`object_ids`.
+    """
+    known = {0, *object_ids(gt, include_late=include_late)}
     return [int(i) for i in np.unique(pred) if int(i) not in known]
+
+
+def _no_object_warning(seq: str) -> str:
+    """The warning for a sequence whose first ground-truth frame holds no object."""
+    return (
+        f"sequence {seq!r}: the first ground-truth frame holds no object; not scored "
+        "(semi-supervised: the first frame gives the objects)"
+    )
+
+
+def _check_some_object(objects: list[ObjectScores]) -> None:
+    """Refuse an evaluation that scored no object at all (its means would be undefined)."""
+    if not objects:
+        raise ValueError(
+            "no object to score: every sequence's first ground-truth frame holds only 0/255 "
+            "(semi-supervised: the first frame gives the objects)"
+        )
 
 
 def _as_label_stack(name: str, a) -> np.ndarray:
@@ -207,6 +327,7 @@ def evaluate_sequence(
     *,
     exclude_first_last: bool = True,
     bound_th: float = 0.008,
+    include_late: bool = False,
 ) -> list[ObjectScores]:
     """Score one sequence, object by object.
 
@@ -216,12 +337,15 @@ def evaluate_sequence(
         name: the sequence name used in the results.
         exclude_first_last: leave out frames 0 and T-1 (DAVIS semi-supervised); needs T >= 3.
         bound_th: boundary tolerance (fraction of the diagonal if < 1, else pixels).
+        include_late: also score ids above the first frame's largest that appear later
+            (not the DAVIS rule; :func:`object_ids`).
 
     Returns:
-        One :class:`ObjectScores` per ground-truth object, ids ascending.
+        One :class:`ObjectScores` per object (:func:`object_ids` of the first ground-truth
+        frame), ids ascending; empty when the first frame holds no object.
 
     Raises:
-        ValueError: shapes differ, too few frames, or no object in the ground truth.
+        ValueError: shapes differ or too few frames.
     """
     gt = _as_label_stack(f"gt[{name!r}]", gt)
     pred = _as_label_stack(f"pred[{name!r}]", pred)
@@ -230,22 +354,11 @@ def evaluate_sequence(
             f"sequence {name!r}: prediction has shape {pred.shape} (T, H, W) but the ground "
             f"truth has {gt.shape}"
         )
-    t_n = gt.shape[0]
-    if exclude_first_last:
-        if t_n < 3:
-            raise ValueError(
-                f"sequence {name!r} has {t_n} frame(s); at least 3 are needed when the first "
-                "and last frames are excluded"
-            )
-        frames = np.arange(1, t_n - 1)
-    else:
-        if t_n < 1:
-            raise ValueError(f"sequence {name!r} has no frame")
-        frames = np.arange(t_n)
-    ids = np.unique(gt)
-    ids = [int(i) for i in ids if i != 0 and i != VOID]
-    if not ids:
-        raise ValueError(f"sequence {name!r}: the ground truth has no object (only 0/255)")
+    try:
+        frames = scored_frames(gt.shape[0], exclude_first_last)
+    except ValueError as e:
+        raise ValueError(f"sequence {name!r} has {e}") from None
+    ids = object_ids(gt, include_late=include_late)
     r = disk_radius(gt.shape[1:], bound_th)
     j = np.empty((len(ids), len(frames)))
     f = np.empty((len(ids), len(frames)))
@@ -277,6 +390,7 @@ def evaluate_sequences(
     *,
     exclude_first_last: bool = True,
     bound_th: float = 0.008,
+    include_late: bool = False,
 ) -> EvalResults:
     """Score several sequences held in memory.
 
@@ -287,6 +401,8 @@ def evaluate_sequences(
             predicted ids that are not ground-truth objects).
         exclude_first_last: leave out the first and last frame of each sequence.
         bound_th: boundary tolerance (fraction of the diagonal if < 1, else pixels).
+        include_late: also score ids above the first frame's largest that appear later
+            (not the DAVIS rule; :func:`object_ids`).
 
     Returns:
         :class:`EvalResults` (use ``global_stats()``, ``rows()``, ``format_table()``,
@@ -308,13 +424,25 @@ def evaluate_sequences(
         )
     objects: list[ObjectScores] = []
     for seq in gt:
-        objects += evaluate_sequence(
-            gt[seq], pred[seq], seq, exclude_first_last=exclude_first_last, bound_th=bound_th
+        scores = evaluate_sequence(
+            gt[seq],
+            pred[seq],
+            seq,
+            exclude_first_last=exclude_first_last,
+            bound_th=bound_th,
+            include_late=include_late,
         )
-        unknown = unknown_ids(np.asarray(gt[seq]), np.asarray(pred[seq]))
+        if not scores:
+            warnings.append(_no_object_warning(seq))
+        objects += scores
+        scored = scored_frames(len(gt[seq]), exclude_first_last)
+        unknown = unknown_ids(
+            np.asarray(gt[seq]), np.asarray(pred[seq])[scored], include_late=include_late
+        )
         if unknown:
             warnings.append(
                 f"sequence {seq!r}: predicted ids {unknown} are not ground-truth objects "
                 "(scored as background)"
             )
+    _check_some_object(objects)
     return EvalResults(objects, tuple(warnings))

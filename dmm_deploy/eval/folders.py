@@ -1,9 +1,11 @@
 """Evaluation of DAVIS-layout folders: ``ROOT/<sequence>/<frame>.png`` or one sequence folder.
 
 ``--gt`` and ``--pred`` may each be a root whose sub-folders are sequences, or a single
-sequence folder holding the PNGs itself. The frames of a sequence are the ground truth's PNGs;
-the prediction must have a PNG of the same name and size for every scored frame (with the
-first and last frames excluded, their predictions may be missing).
+sequence folder holding the PNGs itself. The frames of a sequence are the ground truth's PNGs,
+in the official evaluator's order (file names sorted by code point, so ``10.png`` comes before
+``2.png``: name frames with zero-padded numbers, as DAVIS does); the prediction must have a
+PNG of the same name and size for every scored frame. Predictions of frames that are not
+scored (the first and the last) are not read, as in the official evaluator.
 
 Not scored, but reported in :attr:`EvalResults.warnings` (``strict=True`` refuses them): extra
 predicted frames and sequences, predicted ids that are not ground-truth objects, and a
@@ -18,7 +20,15 @@ import numpy as np
 
 from dmm_deploy.data.davis import DataFileError, list_images, read_label_dir, read_mask
 from dmm_deploy.data.output import describe_partial, read_partial
-from dmm_deploy.eval.evaluate import EvalResults, evaluate_sequence, unknown_ids
+from dmm_deploy.eval.evaluate import (
+    EvalResults,
+    _check_some_object,
+    _no_object_warning,
+    evaluate_sequence,
+    object_ids,
+    scored_frames,
+    unknown_ids,
+)
 
 __all__ = ["evaluate_dirs", "find_sequences", "load_prediction"]
 
@@ -47,26 +57,27 @@ def find_sequences(root: str | Path, what: str = "folder") -> dict[str, Path]:
 
 
 def load_prediction(
-    pred_dir: Path, names: list[str], size: tuple[int, int], skip: set[int] = frozenset()
+    pred_dir: Path, names: list[str], size: tuple[int, int], frames: np.ndarray | None = None
 ) -> np.ndarray:
-    """Read ``pred_dir/<name>.png`` for every name into a ``(T, H, W)`` uint8 stack.
+    """Read ``pred_dir/<name>.png`` for the scored names into a ``(T, H, W)`` uint8 stack.
 
     Args:
         pred_dir: the predicted sequence's folder.
         names: frame stems, in order (the ground truth's).
         size: ``(H, W)`` every prediction must have.
-        skip: positions whose file may be missing (left as zeros: they are not scored).
+        frames: positions in ``names`` to read (default all); the others are not opened and
+            are left as zeros (they are not scored).
 
     Raises:
         DataFileError: a needed prediction is missing, unreadable or of another size.
     """
     out = np.zeros((len(names), *size), dtype=np.uint8)
-    for i, name in enumerate(names):
-        path = pred_dir / f"{name}.png"
+    for i in range(len(names)) if frames is None else frames:
+        path = pred_dir / f"{names[i]}.png"
         if not path.is_file():
-            if i in skip:
-                continue
-            raise DataFileError(path, f"missing prediction {path} (ground truth has frame {name})")
+            raise DataFileError(
+                path, f"missing prediction {path} (ground truth has frame {names[i]})"
+            )
         labels = read_mask(path)
         if labels.shape != tuple(size):
             raise DataFileError(
@@ -84,6 +95,7 @@ def evaluate_dirs(
     *,
     exclude_first_last: bool = True,
     bound_th: float = 0.008,
+    include_late: bool = False,
     progress: bool = False,
     strict: bool = False,
 ) -> EvalResults:
@@ -95,10 +107,13 @@ def evaluate_dirs(
         exclude_first_last: leave out each sequence's first and last frame (DAVIS 2017
             semi-supervised).
         bound_th: boundary tolerance (fraction of the diagonal if < 1, else pixels).
+        include_late: also score ids above the first frame's largest that appear later
+            (not the DAVIS rule; :func:`~dmm_deploy.eval.evaluate.object_ids`).
         progress: report progress over sequences on stderr (a bar on a terminal, else lines).
         strict: refuse (``DataFileError``) what is otherwise only reported in
             ``warnings``: predicted ids that are not ground-truth objects (in the scored
-            frames), extra predicted frames or sequences, a partial prediction folder.
+            frames), extra predicted frames or sequences, a partial prediction folder, a
+            sequence whose first ground-truth frame holds no object.
 
     Returns:
         :class:`~dmm_deploy.eval.evaluate.EvalResults` (``warnings`` lists what was not
@@ -153,8 +168,14 @@ def evaluate_dirs(
     bar = Progress("eval", len(gt_seqs), "sequence", enabled=progress)
     for seq, gdir in gt_seqs.items():
         names, g = read_label_dir(gdir)
-        skip = {0, len(names) - 1} if exclude_first_last else set()
-        p = load_prediction(pred_dirs[seq], names, g.shape[1:], skip)
+        # the official evaluator sorts the ground-truth file names by code point
+        order = sorted(range(len(names)), key=lambda i: f"{names[i]}.png")
+        names, g = [names[i] for i in order], g[order]
+        try:
+            scored = scored_frames(len(names), exclude_first_last)
+        except ValueError as e:
+            raise DataFileError(gdir, f"sequence {seq!r} ({gdir}) has {e}") from None
+        p = load_prediction(pred_dirs[seq], names, g.shape[1:], scored)
         extra = sorted(set(f.stem for f in list_images(pred_dirs[seq], (".png",))) - set(names))
         if extra:
             warn(
@@ -162,8 +183,9 @@ def evaluate_dirs(
                 f"sequence {seq!r}: {len(extra)} predicted frame(s) not in the ground truth, "
                 f"not scored: {', '.join(extra[:5])}",
             )
-        scored = sorted(set(range(len(names))) - skip)
-        unknown = unknown_ids(g, p[scored])
+        if not object_ids(g, include_late=include_late):
+            warn(gdir, _no_object_warning(seq))
+        unknown = unknown_ids(g, p[scored], include_late=include_late)
         if unknown:
             warn(
                 pred_dirs[seq],
@@ -171,8 +193,14 @@ def evaluate_dirs(
                 "(scored as background; the official DAVIS evaluator refuses them)",
             )
         objects += evaluate_sequence(
-            g, p, seq, exclude_first_last=exclude_first_last, bound_th=bound_th
+            g,
+            p,
+            seq,
+            exclude_first_last=exclude_first_last,
+            bound_th=bound_th,
+            include_late=include_late,
         )
         bar.update()
     bar.close()
+    _check_some_object(objects)
     return EvalResults(objects, tuple(warnings))

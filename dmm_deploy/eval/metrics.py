@@ -44,12 +44,22 @@ def disk(radius: int) -> np.ndarray:
 
 
 def disk_radius(shape: tuple[int, int], bound_th: float = 0.008) -> int:
-    """Tolerance radius in pixels: ``ceil(bound_th * hypot(H, W))``, or ``bound_th`` if >= 1."""
+    """Tolerance radius in pixels: ``ceil(bound_th * sqrt(H**2 + W**2))``, or ``bound_th`` if >= 1.
+
+    A ``bound_th`` >= 1 is a radius in pixels and must be a whole number (the DAVIS evaluator
+    would build an even-sized, off-centre structuring element from a fractional radius).
+    """
     if not bound_th > 0:
         raise ValueError(f"bound_th must be > 0, got {bound_th}")
     if bound_th >= 1:
-        return math.ceil(bound_th)
-    return math.ceil(bound_th * math.hypot(shape[0], shape[1]))
+        if bound_th != int(bound_th):
+            raise ValueError(
+                f"bound_th >= 1 is a radius in pixels and must be a whole number, got {bound_th}"
+            )
+        return int(bound_th)
+    h, w = int(shape[0]), int(shape[1])
+    # the diagonal as DAVIS computes it (the norm of the shape vector), then the ceiling
+    return math.ceil(bound_th * math.sqrt(h * h + w * w))
 
 
 def seg2bmap(seg: np.ndarray) -> np.ndarray:

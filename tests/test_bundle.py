@@ -8,6 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 
 from dmm_deploy.data import read_frame, read_mask  # noqa: E402
 from dmm_deploy.export.bundle import TRT_VERSIONS, export_bundle  # noqa: E402
@@ -303,7 +304,22 @@ def test_maskrcnn_bundle_runs_the_exported_detector(videos, tmp_path):
     )
     export_bundle(net, tmp_path, proposals="maskrcnn", detector=source.model, log=lambda s: None)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["proposals"]["kind"] == "maskrcnn" and "proposals" in manifest["stages"]
+    assert manifest["proposals"]["kind"] == "maskrcnn"
+    assert manifest["proposals"]["layout"] == "split"
+    assert {"detector", "proposals"} <= set(manifest["stages"])
+    # both detector graphs are TensorRT-clean (the export raises otherwise; checked again here)
+    from dmm_deploy.export.tensorrt_compat import check_tensorrt
+
+    for name in ("detector", "proposals"):
+        graph = onnx.load(str(tmp_path / f"{name}.onnx"))
+        ops = {n.op_type for n in graph.graph.node}
+        assert not ops & {"Loop", "If", "NonZero", "Scan"}, (name, ops)
+        for v in TRT_VERSIONS:
+            assert check_tensorrt(graph, v) == [], (name, v)
+        assert manifest["stages"][name]["precision"] == "fp32"
+    # only the image's spatial axes are dynamic in the heads' outputs
+    shapes = [o["shape"] for o in manifest["stages"]["proposals"]["outputs"]]
+    assert all(isinstance(d, int) for s in shapes for d in s), shapes
     frames, anns, _ = videos["bike"]
     ref = list(VideoSegmenter(net, source).segment(frames[:3], anns[0]))
     got = list(StreamingSegmenter(Runtime.open(tmp_path, threads=1)).segment(frames[:3], anns[0]))

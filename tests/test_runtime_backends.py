@@ -127,3 +127,29 @@ def test_lean_heap_is_a_validated_switch(conv_stage):
     assert OrtStage(path, spec, lean_heap=False).run({"x": _x()})["y"].shape == (3, 8, 20, 24)
     with pytest.raises(ValueError, match="lean_heap must be True or False"):
         OrtStage(path, spec, lean_heap=1)
+
+
+def test_split_detector_axes_get_tensorrt_profiles():
+    """A split Mask R-CNN bundle's image and FPN feature axes get profile ranges from the
+    manifest's transform sizes (multiples of size_divisible; features at strides 4..32)."""
+    from dmm_deploy.runtime.backends import AXIS_RANGES, _profile_shapes, axis_ranges
+
+    assert axis_ranges({"kind": "precomputed"}) == AXIS_RANGES
+    spec = {"layout": "split", "size_divisible": 32, "min_size": 480, "max_size": 800}
+    r = axis_ranges(spec)
+    assert r["Hp"] == (32, 480, 800) and r["Wp"] == (32, 800, 800)
+    assert r["h0"] == (8, 120, 200) and r["w3"] == (1, 25, 25)
+    small = axis_ranges({**spec, "min_size": 160, "max_size": 267})
+    assert small["Hp"] == (32, 160, 288) and small["Wp"] == (32, 288, 288)
+    det = StageSpec(
+        name="detector",
+        file="detector.onnx",
+        sha256="0" * 64,
+        precision="fp32",
+        opset=17,
+        inputs=(TensorSpec("image", "float32", (1, 3, "Hp", "Wp")),),
+        outputs=(),
+        extra={},
+    )
+    shapes = [_profile_shapes(det, i, ranges=r)["image"] for i in range(3)]
+    assert shapes == [(1, 3, 32, 32), (1, 3, 480, 800), (1, 3, 800, 800)]

@@ -34,7 +34,10 @@ import onnx
 import torch
 
 from dmm_deploy.export.bundle_stages import (
+    DETECTOR_IO,
     DecoderStage,
+    DetectorHeadsStage,
+    DetectorStage,
     EmbedStage,
     EncoderStage,
     MaskRCNNStage,
@@ -127,13 +130,6 @@ def _example_inputs(net: DMMNet, stage: str, batch: int, seed: int) -> tuple[tor
             masks[:, o:] * torch.rand(batch, m, h, w, generator=g),
             sizes,
         )
-    if stage == "proposals":  # a smooth synthetic frame (blobs), not the model's input size
-        yy, xx = torch.meshgrid(torch.linspace(0, 1, 240), torch.linspace(0, 1, 320), indexing="ij")
-        c = torch.rand(3, 3, generator=g)
-        img = torch.stack(
-            [(torch.sin(6 * xx * c[i, 0] + 4 * yy * c[i, 1]) + 1) / 2 for i in range(3)]
-        )
-        return (img,)
     if stage == "decoder":
         zeros = net.decoder.zero_state(skip)
         states = [torch.randn(z.shape, generator=g) * 0.5 for z in zeros for _ in range(3)]
@@ -145,8 +141,6 @@ def _example_inputs(net: DMMNet, stage: str, batch: int, seed: int) -> tuple[tor
 
 def _dynamic_axes(stage: str, cfg) -> dict[str, dict[int, str]]:
     ins, outs = stage_io(stage, cfg)
-    if stage == "proposals":
-        return {"image": {1: "H", 2: "W"}, **{n: {0: "D"} for n in outs}}
     if stage == "encoder":
         return {n: {0: "B"} for n in (*ins, *outs)}
     if stage == "embed":
@@ -168,9 +162,7 @@ def _dynamic_axes(stage: str, cfg) -> dict[str, dict[int, str]]:
     return {n: {0: "B"} for n in (*ins, *outs)}
 
 
-def _module(net: DMMNet, stage: str, detector: torch.nn.Module | None = None) -> torch.nn.Module:
-    if stage == "proposals":
-        return MaskRCNNStage(detector).eval()
+def _module(net: DMMNet, stage: str) -> torch.nn.Module:
     cls = {
         "encoder": EncoderStage,
         "embed": EmbedStage,
@@ -180,12 +172,17 @@ def _module(net: DMMNet, stage: str, detector: torch.nn.Module | None = None) ->
     return cls[stage](net).eval()
 
 
-def _export_stage(
-    net: DMMNet, stage: str, path: Path, precision: str, detector=None
-) -> onnx.ModelProto:
-    module = _module(net, stage, detector)
+def _export_stage(net: DMMNet, stage: str, path: Path, precision: str) -> onnx.ModelProto:
+    module = _module(net, stage)
     args = _example_inputs(net, stage, batch=2, seed=0)
     ins, outs = stage_io(stage, net.cfg)
+    _trace(module, args, path, ins, outs, _dynamic_axes(stage, net.cfg))
+    # fp16 matcher: the cost's normalisation epsilon (1e-8) and the 200-cycle accumulation
+    # need float32; that graph keeps float32 arithmetic behind float16 inputs and outputs.
+    return _finish(path, _stage_precision(stage, precision))
+
+
+def _trace(module, args, path: Path, ins, outs, axes) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and trace warnings
         torch.onnx.export(
@@ -196,18 +193,16 @@ def _export_stage(
             opset_version=OPSET,
             input_names=list(ins),
             output_names=list(outs),
-            dynamic_axes=_dynamic_axes(stage, net.cfg),
+            dynamic_axes=axes,
             do_constant_folding=True,
         )
+
+
+def _finish(path: Path, precision: str) -> onnx.ModelProto:
+    """Constants into initializers, precision, full onnx.checker, shape inference; saved."""
     model = onnx.load(str(path))
     fold_constant_nodes(model)
-    # fp16 matcher: the cost's normalisation epsilon (1e-8) and the 200-cycle accumulation
-    # need float32; that graph keeps float32 arithmetic behind float16 inputs and outputs.
-    # The detector stays float32 (its NMS and box decoding are not float16-safe).
-    graph_precision = "mixed" if (precision == "fp16" and stage == "match") else precision
-    if stage == "proposals":
-        graph_precision = "fp32"
-    model = apply_precision(model, graph_precision)
+    model = apply_precision(model, precision)
     onnx.checker.check_model(model, full_check=True)
     model = onnx.shape_inference.infer_shapes(model, check_type=True)
     onnx.save(model, str(path))
@@ -238,14 +233,14 @@ class Parity:
         return self.vs_fp64 is not None and self.vs_fp64 <= max(bound, 4.0 * self.torch_vs_fp64)
 
 
-def _parity(net: DMMNet, stage: str, path: Path, threads: int, detector=None) -> Parity:
-    """onnxruntime (CPU) against torch over two batch sizes (two frames for the detector)."""
+def _parity(net: DMMNet, stage: str, path: Path, threads: int) -> Parity:
+    """onnxruntime (CPU) against torch over two batch sizes."""
     import copy
 
     sess = ort_session(path, threads=threads)
     dtypes = {i.name: i.type for i in sess.get_inputs()}
-    module = _module(net, stage, detector)
-    ref64 = None if stage == "proposals" else copy.deepcopy(module).double()
+    module = _module(net, stage)
+    ref64 = copy.deepcopy(module).double()
     ins, outs = stage_io(stage, net.cfg)
     err = scale = 0.0
     err64 = torch64 = 0.0
@@ -264,10 +259,6 @@ def _parity(net: DMMNet, stage: str, path: Path, threads: int, detector=None) ->
             arr = a.numpy()
             feeds[name] = arr.astype(np.float16) if dtypes[name] == "tensor(float16)" else arr
         got = sess.run(list(outs), feeds)
-        if stage == "proposals":
-            e, sc = _detection_parity(got, [w.numpy() for w in want])
-            err, scale = max(err, e), max(scale, sc)
-            continue
         for k, (g, wt) in enumerate(zip(got, want, strict=True)):
             wt = wt.numpy().astype(np.float64)
             if g.shape != wt.shape:
@@ -281,8 +272,6 @@ def _parity(net: DMMNet, stage: str, path: Path, threads: int, detector=None) ->
                 w64 = want64[k].numpy()
                 err64 = max(err64, float(np.abs(g - w64).max(initial=0.0)))
                 torch64 = max(torch64, float(np.abs(wt - w64).max(initial=0.0)))
-    if ref64 is None:
-        return Parity(err, None, None, scale)
     return Parity(err, err64, torch64, scale)
 
 
@@ -310,8 +299,175 @@ def _detection_parity(got: list, want: list) -> tuple[float, float]:
     return err, float(np.abs(wb).max())
 
 
+class _OrtRunner:
+    """``run(feeds) -> dict`` over an onnxruntime session (the runtime's runner interface)."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self.session = ort_session(path, threads=threads)
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict) -> dict:
+        return dict(zip(self.names, self.session.run(self.names, feeds), strict=True))
+
+
+class _TorchRunner:
+    """``run(feeds) -> dict`` over a torch stage module (feeds in the graph's input order)."""
+
+    def __init__(self, module: torch.nn.Module, outputs) -> None:
+        self.module, self.outputs = module, outputs
+
+    def run(self, feeds: dict) -> dict:
+        with torch.no_grad():
+            got = self.module(*(torch.from_numpy(np.asarray(v)) for v in feeds.values()))
+        return {n: g.numpy() for n, g in zip(self.outputs, got, strict=True)}
+
+
+def _test_frames() -> list[np.ndarray]:
+    """Two smooth synthetic uint8 frames (blobs) of different sizes, landscape and portrait."""
+    g = np.random.default_rng(0)
+    frames = []
+    for h, w in ((240, 320), (200, 150)):
+        yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+        c = g.uniform(0, 1, (3, 2))
+        rgb = [(np.sin(6 * xx * c[i, 0] + 4 * yy * c[i, 1]) + 1) / 2 for i in range(3)]
+        frames.append((np.stack(rgb, -1) * 255).astype(np.uint8))
+    return frames
+
+
+class _DetectorExport:
+    """torchvision Mask R-CNN exported as the ``detector`` and ``proposals`` graphs
+    (:class:`~dmm_deploy.export.bundle_stages.DetectorStage`,
+    :class:`~dmm_deploy.export.bundle_stages.DetectorHeadsStage`); the host steps between
+    them are the runtime's own (:class:`dmm_deploy.runtime.proposals.MaskRCNNDetector`).
+
+    Parity: ``detector`` graph against its torch module (features, top-k logits; deltas where
+    both pick the same anchor); ``proposals`` end to end: the runtime's detector on the two
+    graphs in onnxruntime against :class:`~dmm_deploy.export.bundle_stages.MaskRCNNStage` (the
+    detector as :class:`~dmm_deploy.model.MaskRCNNProposals` runs it), detections as sets.
+    """
+
+    def __init__(self, detector: torch.nn.Module, out: Path, threads: int) -> None:
+        from dmm_deploy.runtime.proposals import MaskRCNNDetector
+
+        m = detector.eval()
+        self.detector, self.out, self.threads = m, out, threads
+        rpn, t = m.rpn, m.transform
+        self.spec = {
+            "kind": "maskrcnn",
+            "layout": "split",
+            "stage": "proposals",
+            "detector_stage": "detector",
+            "min_size": int(t.min_size[-1]),
+            "max_size": int(t.max_size),
+            "image_mean": [float(v) for v in t.image_mean],
+            "image_std": [float(v) for v in t.image_std],
+            "size_divisible": int(t.size_divisible),
+            "cell_anchors": [c.tolist() for c in rpn.anchor_generator.cell_anchors],
+            "rpn_weights": [float(v) for v in rpn.box_coder.weights],
+            "rpn_clip": float(rpn.box_coder.bbox_xform_clip),
+            "rpn_min_size": float(rpn.min_size),
+            "rpn_score_thresh": float(rpn.score_thresh),
+            "pre_nms_top_n": int(rpn._pre_nms_top_n["testing"]),
+            "post_nms_top_n": int(rpn._post_nms_top_n["testing"]),
+            "detections_per_img": int(m.roi_heads.detections_per_img),
+            "score_thresh": float(m.roi_heads.score_thresh),
+            "why_split": (
+                "TensorRT-clean graphs: dense network + per-level top-k with a constant K in "
+                "'detector'; anchor decoding and the RPN filters in numpy; NMS (one level or "
+                "class per batch item), fixed-size top-k and RoiAlign over padded boxes in "
+                "'proposals'"
+            ),
+        }
+        self.modules = {
+            "detector": DetectorStage(m).eval(),
+            "proposals": DetectorHeadsStage(m).eval(),
+        }
+        self.torch_host = MaskRCNNDetector(
+            self.spec,
+            _TorchRunner(self.modules["detector"], DETECTOR_IO["detector"][1]),
+            _TorchRunner(self.modules["proposals"], DETECTOR_IO["proposals"][1]),
+        )
+        self.frames = _test_frames()
+
+    def _inputs(self, name: str, frame: np.ndarray) -> dict:
+        host = self.torch_host
+        image, size = host.preprocess(frame)
+        if name == "detector":
+            return {"image": image}
+        out = host.detector.run({"image": image})
+        boxes, scores = host.rpn_boxes(out, image.shape[-2:], size)
+        feeds = {f"feature{i}": out[f"feature{i}"] for i in range(4)}
+        feeds.update(rpn_boxes=boxes, rpn_scores=scores, image_size=np.array(size, np.float32))
+        return feeds
+
+    def export(self, name: str, path: Path) -> onnx.ModelProto:
+        ins, outs = DETECTOR_IO[name]
+        feeds = self._inputs(name, self.frames[0])
+        args = tuple(torch.from_numpy(feeds[n]) for n in ins)
+        spatial = {f"feature{i}": {2: f"h{i}", 3: f"w{i}"} for i in range(4)}
+        axes = {"image": {2: "Hp", 3: "Wp"}, **spatial} if name == "detector" else spatial
+        _trace(self.modules[name], args, path, ins, outs, axes)
+        with torch.no_grad():
+            example = self.modules[name](*args)
+        model = onnx.load(str(path))
+        # the exporter names the sizes it cannot trace as dynamic; all but the spatial axes
+        # are fixed (batch 1, K, post_nms_top_n, detections_per_img): write them, so that
+        # TensorRT sees static shapes and needs profiles for the image size only
+        for vi, value in zip(model.graph.output, example, strict=True):
+            for axis, dim in enumerate(vi.type.tensor_type.shape.dim):
+                if axis not in axes.get(vi.name, {}):
+                    dim.Clear()
+                    dim.dim_value = int(value.shape[axis])
+        onnx.save(model, str(path))
+        return _finish(path, "fp32")
+
+    def parity(self, name: str) -> Parity:
+        from dmm_deploy.runtime.proposals import MaskRCNNDetector
+
+        if name == "detector":
+            run = _OrtRunner(self.out / "detector.onnx", self.threads)
+            err = scale = 0.0
+            for frame in self.frames:
+                feeds = self._inputs(name, frame)
+                got, want = run.run(feeds), self.torch_host.detector.run(feeds)
+                same = got["rpn_index"] == want["rpn_index"]
+                for key in want:
+                    g, w = got[key].astype(np.float64), want[key].astype(np.float64)
+                    if key == "rpn_logits":  # sorted: ties may swap; padding left out
+                        g, w = np.sort(g, axis=1), np.sort(w, axis=1)
+                        g, w = g[w > -1e5], w[w > -1e5]
+                    elif key == "rpn_deltas":
+                        g, w = g[same], w[same]
+                    elif key == "rpn_index":
+                        continue
+                    err = max(err, float(np.abs(g - w).max(initial=0.0)))
+                    scale = max(scale, float(np.abs(w).max(initial=0.0)))
+                if same.mean() < 0.99:
+                    raise BundleExportError(
+                        f"detector: onnxruntime and torch pick different RPN anchors "
+                        f"({100 * (1 - same.mean()):.1f} % of the top-k)"
+                    )
+            return Parity(err, None, None, scale)
+        host = MaskRCNNDetector(
+            self.spec,
+            _OrtRunner(self.out / "detector.onnx", self.threads),
+            _OrtRunner(self.out / "proposals.onnx", self.threads),
+        )
+        reference = MaskRCNNStage(self.detector)
+        err = scale = 0.0
+        for frame in self.frames:
+            got = host.detect(0, frame)
+            image = torch.from_numpy(frame).permute(2, 0, 1).float() / 255.0
+            with torch.no_grad():
+                want = [w.numpy() for w in reference(image)]
+            e, sc = _detection_parity(list(got[:3]), want)
+            err, scale = max(err, e), max(scale, sc)
+        return Parity(err, None, None, scale)
+
+
 def _stage_precision(stage: str, precision: str) -> str:
-    if stage == "proposals":
+    # The detector stays float32 (its NMS and box decoding are not float16-safe).
+    if stage in DETECTOR_IO:
         return "fp32"
     if stage == "match" and precision == "fp16":
         return "mixed"
@@ -355,7 +511,8 @@ def export_bundle(
     precision: ``fp32``, ``mixed`` (float16 inputs/outputs, float32 inside) or ``fp16``
         (float16 graphs; the match graph stays mixed, see :func:`_export_stage`).
     proposals: ``"precomputed"`` (the runtime reads ``.npz`` detections) or ``"maskrcnn"``
-        (``detector`` is exported as the ``proposals`` stage, float32 at every precision).
+        (``detector`` is exported as the ``detector`` and ``proposals`` stages, float32 at
+        every precision; see :class:`_DetectorExport`).
     detector: the torchvision Mask R-CNN for ``proposals="maskrcnn"`` (e.g.
         ``MaskRCNNProposals(weights).model``).
     Raises :class:`BundleExportError` when a graph fails onnx.checker, the TensorRT check or
@@ -381,16 +538,22 @@ def export_bundle(
     if stale.exists():
         stale.unlink()
     stages = ["encoder", "embed", "match"] + (["decoder"] if net.cfg.refine else [])
+    det = None
     if proposals == "maskrcnn":
-        stages.append("proposals")
+        stages += list(DETECTOR_IO)
+        det = _DetectorExport(detector, out, threads)
     reports, specs, problems = [], {}, []
-    tol = TOLERANCE[precision]
     for name in stages:
         t0 = time.perf_counter()
         path = out / f"{name}.onnx"
-        model = _export_stage(net, name, path, precision, detector)
+        if name in DETECTOR_IO:
+            model = det.export(name, path)
+            par = det.parity(name)
+        else:
+            model = _export_stage(net, name, path, precision)
+            par = _parity(net, name, path, threads)
         trt = {v: check_tensorrt(model, v) for v in TRT_VERSIONS}
-        par = _parity(net, name, path, threads, detector)
+        tol = TOLERANCE[_stage_precision(name, precision)]
         err, scale = par.vs_torch, par.scale
         rep = StageReport(
             name=name,
@@ -403,15 +566,8 @@ def export_bundle(
             tensorrt=trt,
         )
         reports.append(rep)
-        if name == "proposals":  # onnxruntime-only stage: its TensorRT problems are recorded
-            if any(trt.values()):
-                log(
-                    f"proposals: not TensorRT-clean ({len(trt['10.3'])} problems for 10.3); "
-                    "onnxruntime only (the manifest lists them)"
-                )
-        else:
-            for v, lines in trt.items():
-                problems += [f"{name}: TensorRT {v}: {line}" for line in lines]
+        for v, lines in trt.items():
+            problems += [f"{name}: TensorRT {v}: {line}" for line in lines]
         if not par.ok(tol):
             problems.append(
                 f"{name}: parity {err:.3g} exceeds {tol:g} x max(1, {scale:.3g}) ({precision}); "
@@ -455,22 +611,10 @@ def export_bundle(
         "config": cfg,
         "input_size": list(net.cfg.input_size),
         "precision": precision,
-        "proposals": {"kind": proposals}
-        if proposals == "precomputed"
-        else {
-            "kind": "maskrcnn",
-            "stage": "proposals",
-            "min_size": int(detector.transform.min_size[-1]),
-            "max_size": int(detector.transform.max_size),
-            "detections_per_img": int(detector.roi_heads.detections_per_img),
-            "score_thresh": float(detector.roi_heads.score_thresh),
-        },
+        "proposals": {"kind": proposals} if proposals == "precomputed" else det.spec,
         "stages": {n: s.to_json() for n, s in specs.items()},
         "versions": _versions(),
-        "tensorrt_check": {
-            v: "ok" if not any(r.tensorrt[v] for r in reports) else "proposals stage fails"
-            for v in TRT_VERSIONS
-        },
+        "tensorrt_check": {v: "ok" for v in TRT_VERSIONS},  # a failing check raised above
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     import json

@@ -18,9 +18,15 @@ match        templates (B, O, D), embeddings (B, M, D),     assignment (B, O, M)
              proposal_masks (B, M, h, w), sizes (B, 2)      (``matching="exact"``: cost (B, O, M))
 decoder      skip4..skip32 (B, ...), masks (B, 3, h, w),    probabilities (B, h, w),
              h32..h4, c32..c4, t32..t4 (B, ...)             h32_out..h4_out, c32_out..c4_out
-proposals    image (3, H, W) RGB in [0, 1], any H, W        boxes (D, 4), scores (D,),
-                                                            masks (D, 28, 28)
+detector     image (1, 3, Hp, Wp) Mask R-CNN input            feature0..3, rpn_logits (L, K),
+             (normalised, resized, padded on the host)      rpn_index (L, K), rpn_deltas (L, K, 4)
+proposals    feature0..3, rpn_boxes (L, K, 4),              boxes (D, 4), scores (D,),
+             rpn_scores (L, K), image_size (2,)             masks (D, 28, 28), valid (D,)
 ============ ============================================== =====================================
+
+``detector`` and ``proposals`` are torchvision's Mask R-CNN split into two TensorRT-clean graphs
+(:class:`DetectorStage`, :class:`DetectorHeadsStage`; why and how: the comment above them);
+:class:`MaskRCNNStage` is the detector as the torch model runs it, the parity reference.
 
 ``match`` solves a padded batch of problems: problem ``b`` is ``sizes[b] = (O_b, M_b)`` objects
 by proposals; padding rows/columns are ignored and come out zero. A problem's own padding of
@@ -44,11 +50,15 @@ from dmm_deploy.model.decoder import to_probabilities
 from dmm_deploy.model.net import DMMNet
 
 __all__ = [
+    "DETECTOR_IO",
     "MATCH_EXACT_OUTPUTS",
     "STAGE_IO",
     "DecoderStage",
+    "DetectorHeadsStage",
+    "DetectorStage",
     "EmbedStage",
     "EncoderStage",
+    "MaskRCNNStage",
     "MatchStage",
     "batched_cost",
     "stage_io",
@@ -76,7 +86,6 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
         ("probabilities", *(f"h{s}_out" for s in COARSE), *(f"c{s}_out" for s in COARSE)),
     ),
-    "proposals": (("image",), ("boxes", "scores", "masks")),
 }
 """Input and output names of every stage graph, in call order (default matching)."""
 
@@ -209,3 +218,204 @@ class MaskRCNNStage(nn.Module):
         det = det[0]
         out_boxes = resize_boxes(det["boxes"], images.image_sizes[0], image.shape[-2:])
         return out_boxes, det["scores"], det["masks"][:, 0]
+
+
+# --------------------------------------------------------------------------- Mask R-CNN, split
+#
+# TensorRT-clean form of the detector, as NVIDIA's own Mask R-CNN deployments split it (the
+# TensorRT sample sampleUffMaskRCNN and the EfficientNMS / pyramidROIAlign plugins of
+# NVIDIA/TensorRT: dense network in the engine, proposal decoding, NMS and per-level RoIAlign
+# over a fixed number of boxes with padding). Here the data-dependent steps use only ONNX
+# operators that onnx-tensorrt's operators.md lists as supported for TensorRT 10.x
+# (NonMaxSuppression, RoiAlign, TopK; TopK "K below 3840", which is why K is an initializer
+# here) and TensorRT's NMS layer limit (INMSLayer::setTopKBoxLimit: at most 5000 boxes per
+# batch item, 2000 on SM 5.3/6.2): every NonMaxSuppression here gets one pyramid level (RPN,
+# pre_nms_top_n boxes) or one class (RoI heads, post_nms_top_n boxes) per batch item.
+# Anchor decoding (a gather of a few thousand boxes) runs in numpy between the two graphs.
+
+MASKRCNN_LEVELS = 4  # RoI feature levels (FPN "0".."3"); the RPN also sees the "pool" level
+DETECTOR_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "detector": (
+        ("image",),
+        (*(f"feature{i}" for i in range(MASKRCNN_LEVELS)), "rpn_logits", "rpn_index", "rpn_deltas"),
+    ),
+    "proposals": (
+        (*(f"feature{i}" for i in range(MASKRCNN_LEVELS)), "rpn_boxes", "rpn_scores", "image_size"),
+        ("boxes", "scores", "masks", "valid"),
+    ),
+}
+"""Input and output names of the split detector's two graphs (``layout="split"``)."""
+STAGE_IO.update(DETECTOR_IO)
+
+
+class _NonMaxSuppression(torch.autograd.Function):
+    """ONNX ``NonMaxSuppression`` (one class per batch item, corner boxes), run in torch by
+    :func:`torchvision.ops.nms` per batch item. ``boxes (B, N, 4)``, ``scores (B, 1, N)`` ->
+    ``selected (S, 3)`` int64 rows ``(batch, 0, box)``, each batch's boxes in decreasing score
+    order, as onnxruntime returns them; at most ``max_out`` per batch item."""
+
+    @staticmethod
+    def forward(ctx, boxes, scores, max_out: int, iou: float):
+        from torchvision.ops import nms
+
+        rows = []
+        for b in range(boxes.shape[0]):
+            keep = nms(boxes[b], scores[b, 0], iou)[:max_out]
+            rows.append(torch.stack([torch.full_like(keep, b), torch.zeros_like(keep), keep], 1))
+        return torch.cat(rows)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_out: int, iou: float):
+        return g.op(
+            "NonMaxSuppression",
+            boxes,
+            scores,
+            g.op("Constant", value_t=torch.tensor([max_out], dtype=torch.int64)),
+            g.op("Constant", value_t=torch.tensor([iou], dtype=torch.float32)),
+            center_point_box_i=0,
+        )
+
+
+def _top_k_padded(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``topk(values, k)`` over ``values`` followed by ``k`` distinct, decreasing sentinel
+    values far below any real one: K is a constant whatever the length of ``values`` (a pyramid
+    level may have fewer anchors than K; NMS keeps a data-dependent count), positions
+    ``>= len(values)`` mark padding, and ties among the sentinels cannot reorder."""
+    pad = -1.0e6 - torch.arange(k, dtype=values.dtype)
+    return torch.topk(torch.cat([values, pad]), k)
+
+
+def _pool_all_levels(features, boxes, output_size: int, sampling_ratio: int, mapper):
+    """torchvision's ``MultiScaleRoIAlign`` for a fixed number of boxes of one image: every box
+    pooled on every level (ONNX RoiAlign, ``aligned=False``), then each box's level (the
+    pooler's own :class:`~torchvision.ops.poolers.LevelMapper`) picked with ``Where``: no
+    NonZero/Scatter, static shapes. Scales ``1/4 .. 1/32`` as the pooler infers them."""
+    from torchvision.ops import roi_align
+
+    rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], 1)
+    levels = mapper([boxes])
+    out = None
+    for level, feature in enumerate(features):
+        pooled = roi_align(
+            feature, rois, (output_size, output_size), 2.0 ** -(level + 2), sampling_ratio
+        )
+        out = (
+            pooled
+            if out is None
+            else torch.where((levels == level)[:, None, None, None], pooled, out)
+        )
+    return out
+
+
+class DetectorStage(nn.Module):
+    """The detector's dense first half: ``image (1, 3, Hp, Wp)`` (normalised, resized and
+    padded to a multiple of 32 on the host, exactly as torchvision's transform does) -> FPN
+    features ``feature0..3`` and, per pyramid level, the RPN's ``pre_nms_top_n`` best anchors:
+    ``rpn_logits (L, K)``, ``rpn_index (L, K)`` (anchor index in the level; ``>=`` the level's
+    anchor count marks padding) and their box deltas ``rpn_deltas (L, K, 4)``.
+    """
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        m = detector.eval()
+        self.backbone, self.head = m.backbone, m.rpn.head
+        self.anchors = m.rpn.anchor_generator.num_anchors_per_location()[0]
+        self.k = int(m.rpn._pre_nms_top_n["testing"])
+
+    def forward(self, image: torch.Tensor):
+        features = list(self.backbone(image).values())
+        objectness, deltas = self.head(features)
+        logits, index, picked = [], [], []
+        for obj, dlt in zip(objectness, deltas, strict=True):
+            # torchvision's permute_and_flatten order: (y, x, anchor)
+            obj = obj.reshape(self.anchors, -1).transpose(0, 1).reshape(-1)
+            dlt = dlt.reshape(self.anchors, 4, -1).permute(2, 0, 1).reshape(-1, 4)
+            top, idx = _top_k_padded(obj, self.k)
+            dlt = torch.cat([dlt, dlt.new_zeros(self.k, 4)])
+            logits.append(top)
+            index.append(idx)
+            picked.append(dlt[idx])
+        return (
+            *features[:MASKRCNN_LEVELS],
+            torch.stack(logits),
+            torch.stack(index),
+            torch.stack(picked),
+        )
+
+
+class DetectorHeadsStage(nn.Module):
+    """The detector's second half over fixed-size tensors: RPN NMS (one level per batch item)
+    and the ``post_nms_top_n`` best proposals, the box head over them (padding proposals are
+    pooled but never kept), class-wise box decoding, clipping to ``image_size (2,) = (h, w)``,
+    softmax, score and small-box filters, NMS (one class per batch item), the
+    ``detections_per_img`` best detections, then the mask head on those boxes.
+
+    Inputs: ``feature0..3``, ``rpn_boxes (L, K, 4)`` decoded and clipped, ``rpn_scores (L, K)``
+    objectness probabilities with ``-1`` for boxes the RPN's filters drop. Outputs (``D`` =
+    ``detections_per_img``): ``boxes (D, 4)`` in the resized image's pixels, ``scores (D,)``,
+    ``masks (D, 28, 28)`` box-relative probabilities of the detected class, ``valid (D,)``
+    (detections first, in decreasing score).
+    """
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        m = detector.eval()
+        from torchvision.ops.poolers import initLevelMapper
+
+        self.roi_heads = m.roi_heads
+        self.rpn_nms = float(m.rpn.nms_thresh)
+        self.k = int(m.rpn._pre_nms_top_n["testing"])
+        self.p = int(m.rpn._post_nms_top_n["testing"])
+        rh = m.roi_heads
+        self.d = int(rh.detections_per_img)
+        self.nms, self.score_thresh = float(rh.nms_thresh), float(rh.score_thresh)
+        self.box_pool = rh.box_roi_pool
+        self.mask_pool = rh.mask_roi_pool
+        for pool in (self.box_pool, self.mask_pool):
+            if list(pool.featmap_names) != [str(i) for i in range(MASKRCNN_LEVELS)]:
+                raise ValueError(f"unsupported RoI pooler levels {pool.featmap_names}")
+        self.mapper = initLevelMapper(2, 5, canonical_scale=224, canonical_level=4)
+
+    def forward(self, f0, f1, f2, f3, rpn_boxes, rpn_scores, image_size):
+        features = (f0, f1, f2, f3)
+        k = self.k  # rpn_scores.shape[1]; a constant (a traced size cannot feed the NMS node)
+        # RPN: NMS per level, then the post_nms_top_n best survivors over all levels
+        sel = _NonMaxSuppression.apply(rpn_boxes, rpn_scores[:, None, :], k, self.rpn_nms)
+        flat = sel[:, 0] * k + sel[:, 2]
+        top, pos = _top_k_padded(rpn_scores.reshape(-1)[flat], self.p)
+        flat = torch.cat([flat, flat.new_zeros(self.p)])[pos]
+        keep = top >= 0
+        proposals = torch.where(keep[:, None], rpn_boxes.reshape(-1, 4)[flat], 0.0)
+        # box head
+        rh = self.roi_heads
+        pooled = _pool_all_levels(features, proposals, 7, self.box_pool.sampling_ratio, self.mapper)
+        class_logits, box_regression = rh.box_predictor(rh.box_head(pooled))
+        boxes = rh.box_coder.decode(box_regression, [proposals])  # (P, C, 4)
+        h, w = image_size[0], image_size[1]
+        x = torch.minimum(boxes[..., 0::2].clamp(min=0), w)
+        y = torch.minimum(boxes[..., 1::2].clamp(min=0), h)
+        boxes = torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], -1)[:, 1:]
+        scores = torch.softmax(class_logits, -1)[:, 1:]
+        ok = (
+            (scores > self.score_thresh)
+            & (boxes[..., 2] - boxes[..., 0] >= 1e-2)
+            & (boxes[..., 3] - boxes[..., 1] >= 1e-2)
+            & keep[:, None]
+        )
+        scores = torch.where(ok, scores, -1.0).transpose(0, 1)  # (C - 1, P)
+        boxes = boxes.transpose(0, 1)  # (C - 1, P, 4)
+        sel = _NonMaxSuppression.apply(boxes, scores[:, None, :], self.p, self.nms)
+        flat = sel[:, 0] * self.p + sel[:, 2]
+        top, pos = _top_k_padded(scores.reshape(-1)[flat], self.d)
+        flat = torch.cat([flat, flat.new_zeros(self.d)])[pos]
+        valid = top >= 0
+        det_boxes = torch.where(valid[:, None], boxes.reshape(-1, 4)[flat], 0.0)
+        labels = flat // self.p + 1
+        # mask head on the detections
+        pooled = _pool_all_levels(
+            features, det_boxes, 14, self.mask_pool.sampling_ratio, self.mapper
+        )
+        logits = rh.mask_predictor(rh.mask_head(pooled))  # (D, C, 28, 28)
+        index = labels[:, None, None, None].expand(-1, 1, *logits.shape[-2:])
+        masks = torch.gather(logits, 1, index)[:, 0].sigmoid()
+        return det_boxes, torch.where(valid, top, 0.0), masks, valid

@@ -31,6 +31,7 @@ __all__ = [
     "DEVICES",
     "OrtStage",
     "TrtStage",
+    "axis_ranges",
     "open_stage",
     "optimized_graph_path",
     "ort_providers",
@@ -49,6 +50,31 @@ AXIS_RANGES: dict[str, tuple[int, int, int]] = {
 }
 """(min, opt, max) of each named dynamic axis, for TensorRT optimization profiles."""
 
+FPN_STRIDES = (4, 8, 16, 32)  # the split Mask R-CNN's feature0..3
+
+
+def axis_ranges(proposals: dict | None = None) -> dict[str, tuple[int, int, int]]:
+    """:data:`AXIS_RANGES` plus, for a split Mask R-CNN bundle (manifest ``proposals``), the
+    detector's image axes ``Hp``/``Wp`` (multiples of ``size_divisible`` up to the padded
+    ``max_size``; opt: a 16:9 frame resized to ``min_size``) and its feature axes
+    ``h0..h3``/``w0..w3`` (``Hp``/``Wp`` over the FPN strides 4..32)."""
+    ranges = dict(AXIS_RANGES)
+    if not proposals or proposals.get("layout") != "split":
+        return ranges
+    d = int(proposals["size_divisible"])
+    lo, hi = int(proposals["min_size"]), int(proposals["max_size"])
+
+    def up(v: float) -> int:
+        return -(-int(v) // d) * d
+
+    top = up(hi)
+    for axis, opt in (("Hp", up(lo)), ("Wp", up(min(hi, lo * 16 / 9)))):
+        ranges[axis] = (d, opt, top)
+        for i, stride in enumerate(FPN_STRIDES):
+            name = f"{axis[0].lower()}{i}"
+            ranges[name] = tuple(v // stride for v in ranges[axis])
+    return ranges
+
 
 def _import_ort():
     try:
@@ -61,8 +87,15 @@ def _import_ort():
     return ort
 
 
-def _profile_shapes(spec: StageSpec, which: int, fixed: dict[str, int] | None = None) -> dict:
-    """Concrete shapes of a stage's inputs at profile point ``which`` (0 min, 1 opt, 2 max)."""
+def _profile_shapes(
+    spec: StageSpec,
+    which: int,
+    fixed: dict[str, int] | None = None,
+    ranges: dict[str, tuple[int, int, int]] | None = None,
+) -> dict:
+    """Concrete shapes of a stage's inputs at profile point ``which`` (0 min, 1 opt, 2 max),
+    from ``ranges`` (default :data:`AXIS_RANGES`)."""
+    ranges = AXIS_RANGES if ranges is None else ranges
     out = {}
     for t in spec.inputs:
         dims = []
@@ -70,16 +103,21 @@ def _profile_shapes(spec: StageSpec, which: int, fixed: dict[str, int] | None = 
             if isinstance(d, int):
                 dims.append(d)
             else:
-                dims.append((fixed or {}).get(d, AXIS_RANGES.get(d, (1, 1, 64))[which]))
+                dims.append((fixed or {}).get(d, ranges.get(d, (1, 1, 64))[which]))
         out[t.name] = tuple(dims)
     return out
 
 
 def ort_providers(
-    device: str, trt_ep: bool = False, spec: StageSpec | None = None, cache_dir: Path | None = None
+    device: str,
+    trt_ep: bool = False,
+    spec: StageSpec | None = None,
+    cache_dir: Path | None = None,
+    ranges: dict[str, tuple[int, int, int]] | None = None,
 ) -> list:
     """The ordered onnxruntime provider list (with options) for ``device``; raises
-    ``RuntimeError`` in one line when onnxruntime lacks a requested GPU provider."""
+    ``RuntimeError`` in one line when onnxruntime lacks a requested GPU provider. ``ranges``:
+    the dynamic axes' profile ranges for the TensorRT provider (:func:`axis_ranges`)."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "cpu":
@@ -105,7 +143,7 @@ def ort_providers(
             dynamic = [t for t in spec.inputs if any(isinstance(d, str) for d in t.shape)]
             if dynamic:
                 for key, which in (("min", 0), ("opt", 1), ("max", 2)):
-                    shapes = _profile_shapes(spec, which)
+                    shapes = _profile_shapes(spec, which, ranges=ranges)
                     opts[f"trt_profile_{key}_shapes"] = ",".join(
                         f"{t.name}:{'x'.join(str(d) for d in shapes[t.name])}" for t in dynamic
                     )
@@ -145,6 +183,7 @@ class OrtStage:
         cache_dir: Path | None = None,
         optimized_cache: bool = True,
         lean_heap: bool = True,
+        ranges: dict[str, tuple[int, int, int]] | None = None,
     ) -> None:
         for name, value in (("optimized_cache", optimized_cache), ("lean_heap", lean_heap)):
             if not isinstance(value, bool):
@@ -152,7 +191,7 @@ class OrtStage:
         if lean_heap:
             set_lean_heap()
         ort = _import_ort()
-        providers = ort_providers(device, trt_ep, spec, cache_dir)
+        providers = ort_providers(device, trt_ep, spec, cache_dir, ranges)
         so = ort.SessionOptions()
         if threads is not None:
             so.intra_op_num_threads = int(threads)
@@ -293,7 +332,13 @@ class TrtStage:
     TensorRT version, so build them on the device that runs them.
     """
 
-    def __init__(self, path: Path, spec: StageSpec, cache_dir: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        spec: StageSpec,
+        cache_dir: Path,
+        ranges: dict[str, tuple[int, int, int]] | None = None,
+    ) -> None:
         try:
             import tensorrt as trt
             from polygraphy.backend.trt import (
@@ -309,12 +354,13 @@ class TrtStage:
                 "backend='tensorrt' needs TensorRT and polygraphy: pip install 'dmm-deploy[trt]' "
                 "(on a Jetson: JetPack's python3-libnvinfer and pip install polygraphy)"
             ) from e
-        key = json.dumps([spec.sha256, trt.__version__, _gpu_name(), AXIS_RANGES], sort_keys=True)
+        ranges = AXIS_RANGES if ranges is None else ranges
+        key = json.dumps([spec.sha256, trt.__version__, _gpu_name(), ranges], sort_keys=True)
         tag = hashlib.sha256(key.encode()).hexdigest()[:16]
         engine_path = cache_dir / f"{spec.name}-{tag}.engine"
         if not engine_path.is_file():
             profile = Profile()
-            shapes = [_profile_shapes(spec, i) for i in range(3)]
+            shapes = [_profile_shapes(spec, i, ranges=ranges) for i in range(3)]
             for t in spec.inputs:
                 if any(isinstance(d, str) for d in t.shape):
                     profile.add(
@@ -360,6 +406,7 @@ def open_stage(
     spec = bundle.stages[name]
     path = bundle.stage_path(name)
     cache = bundle.path / "engines"
+    ranges = axis_ranges(bundle.proposals)
     if backend == "onnxruntime":
         return OrtStage(
             path,
@@ -370,6 +417,7 @@ def open_stage(
             cache_dir=cache,
             optimized_cache=optimized_cache,
             lean_heap=lean_heap,
+            ranges=ranges,
         )
     if backend == "tensorrt":
         if device != "cuda":
@@ -377,6 +425,6 @@ def open_stage(
         if any(spec.extra.get("tensorrt_problems", {}).values()):
             # a stage TensorRT's parser does not take (the exported Mask R-CNN): onnxruntime's
             # CUDA provider runs it
-            return OrtStage(path, spec, "cuda", threads=threads)
-        return TrtStage(path, spec, cache)
+            return OrtStage(path, spec, "cuda", threads=threads, ranges=ranges)
+        return TrtStage(path, spec, cache, ranges)
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

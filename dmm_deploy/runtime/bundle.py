@@ -6,7 +6,9 @@
       "format": "dmm-deploy-bundle", "version": 1,
       "config": {...every DMMConfig field...},
       "input_size": [h, w], "precision": "fp32" | "mixed" | "fp16",
-      "proposals": {"kind": "precomputed"} | {"kind": "maskrcnn", "stage": "proposals", ...},
+      "proposals": {"kind": "precomputed"}
+                 | {"kind": "maskrcnn", "layout": "split", "stage": "proposals",
+                    "detector_stage": "detector", ...transform, anchor and RPN settings...},
       "stages": {
         "<name>": {"file": "<name>.onnx", "sha256": "...", "precision": "...", "opset": 17,
                    "inputs":  [{"name": ..., "dtype": "float32", "shape": ["B", 3, 255, 448]}],
@@ -218,6 +220,8 @@ class Bundle:
             needed.append("decoder")
         if proposals.get("kind") == "maskrcnn":
             needed.append("proposals")
+            if proposals.get("layout") == "split":
+                needed.append(str(proposals.get("detector_stage", "detector")))
         missing = [s for s in needed if s not in stages]
         if missing:
             raise BundleError(f"bundle: {mpath} has no stage(s) {', '.join(missing)}")

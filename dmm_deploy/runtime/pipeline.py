@@ -18,7 +18,7 @@ from dmm_deploy.runtime.assignment import linear_sum_assignment
 from dmm_deploy.runtime.backends import BACKENDS, DEVICES, open_stage
 from dmm_deploy.runtime.bundle import Bundle, BundleError, behaviour
 from dmm_deploy.runtime.imaging import frame_to_input, merge_probabilities, resize, tight_boxes
-from dmm_deploy.runtime.proposals import MaskRCNNStage, Proposals, prepare_proposals
+from dmm_deploy.runtime.proposals import Proposals, maskrcnn_source, prepare_proposals
 
 __all__ = [
     "STAGES",
@@ -109,7 +109,7 @@ class Runtime:
                 "precomputed is required: this bundle has no proposals stage "
                 "(exported with --proposals precomputed)"
             )
-        return MaskRCNNStage(self.runners["proposals"])
+        return maskrcnn_source(self.bundle.proposals, self.runners)
 
     def run(self, stage: str, feeds: dict) -> dict:
         return self.runners[stage].run(feeds)

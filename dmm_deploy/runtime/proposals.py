@@ -1,5 +1,13 @@
 """Proposals for the runtime, in numpy: detections, the precomputed ``.npz`` reader, Mask R-CNN
-as a bundle stage, and the original's post-processing (:func:`prepare_proposals`).
+as bundle stages, and the original's post-processing (:func:`prepare_proposals`).
+
+Mask R-CNN (:class:`MaskRCNNDetector`, manifest ``proposals.layout == "split"``) runs as two
+TensorRT-clean graphs with the data-dependent glue in numpy: torchvision's transform
+(normalise, bilinear resize, zero padding to a multiple of 32), graph ``detector`` (backbone,
+FPN, RPN head, per-level top-k), anchor decoding and the RPN's clip / small-box / score
+filters, graph ``proposals`` (RPN NMS, box head, NMS, mask head over fixed-size padded
+tensors), then boxes scaled back to the frame. Bundles of the earlier single-graph layout
+(one ``proposals`` graph from the image) run through :class:`MaskRCNNStage`.
 
 The ``.npz`` format is the model's (:mod:`dmm_deploy.model.sources`); this reader needs no
 torch (it is :class:`dmm_deploy.data.detections.PrecomputedFile`).
@@ -12,6 +20,7 @@ survivors: the best scores or the first in detection order (``proposal_order``).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -21,9 +30,11 @@ from dmm_deploy.runtime.imaging import nms, paste_box_masks, resize, tight_boxes
 
 __all__ = [
     "Detections",
+    "MaskRCNNDetector",
     "MaskRCNNStage",
     "PrecomputedDetections",
     "Proposals",
+    "maskrcnn_source",
     "prepare_proposals",
 ]
 
@@ -58,7 +69,8 @@ class PrecomputedDetections(PrecomputedFile):
 
 
 class MaskRCNNStage:
-    """The bundle's ``proposals`` stage (torchvision Mask R-CNN exported to ONNX) as a source.
+    """A single-graph ``proposals`` stage (bundles exported before the split layout: the whole
+    torchvision Mask R-CNN in one graph, onnxruntime only) as a source.
 
     The graph takes ``image (3, H, W)`` float RGB in [0, 1] at the frame's resolution and returns
     ``boxes (D, 4)`` in frame pixels, ``scores (D,)`` and box-relative ``masks (D, 28, 28)``.
@@ -76,6 +88,150 @@ class MaskRCNNStage:
             out["masks"].astype(np.float32),
             "box",
         )
+
+
+class MaskRCNNDetector:
+    """torchvision Mask R-CNN from the bundle's ``detector`` and ``proposals`` graphs, with
+    the host steps in numpy (see the module docstring); computes what
+    :class:`dmm_deploy.model.MaskRCNNProposals` computes, up to the order of near-tied scores.
+
+    ``spec``: the manifest's ``proposals`` entry (transform sizes, mean/std, anchors, RPN
+    settings); ``detector``/``heads``: runners (``run(feeds) -> dict``) of the two graphs.
+    """
+
+    def __init__(self, spec: dict, detector, heads) -> None:
+        self.spec, self.detector, self.heads = spec, detector, heads
+        self.mean = np.asarray(spec["image_mean"], np.float32)[:, None, None]
+        self.std = np.asarray(spec["image_std"], np.float32)[:, None, None]
+        self.cell_anchors = [np.asarray(a, np.float32).reshape(-1, 4) for a in spec["cell_anchors"]]
+
+    def resized_size(self, h: int, w: int) -> tuple[int, int]:
+        """torchvision's ``GeneralizedRCNNTransform`` output size (Python floats, floor)."""
+        scale = min(self.spec["min_size"] / min(h, w), self.spec["max_size"] / max(h, w))
+        return math.floor(h * scale), math.floor(w * scale)
+
+    def preprocess(self, frame: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """``(H, W, 3)`` uint8 -> ``(1, 3, Hp, Wp)`` normalised, resized, zero-padded float32
+        and the resized ``(h, w)``: torchvision's transform, same order of operations."""
+        image = frame.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+        image = (image - self.mean) / self.std
+        h, w = self.resized_size(*frame.shape[:2])
+        image = _bilinear(image, (h, w))
+        d = int(self.spec["size_divisible"])
+        hp, wp = -(-h // d) * d, -(-w // d) * d
+        out = np.zeros((1, 3, hp, wp), np.float32)
+        out[0, :, :h, :w] = image
+        return out, (h, w)
+
+    def rpn_boxes(
+        self, out: dict, padded: tuple[int, int], size: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Anchors of the top-k indices, box decoding (torchvision's ``BoxCoder``, float32,
+        same operation order), clipping to ``size`` and the RPN's filters -> ``rpn_boxes
+        (L, K, 4)``, ``rpn_scores (L, K)`` sigmoid probabilities, ``-1`` where filtered out."""
+        logits, index, deltas = out["rpn_logits"], out["rpn_index"], out["rpn_deltas"]
+        grids = [tuple(out[f"feature{i}"].shape[-2:]) for i in range(4)]
+        while len(grids) < len(self.cell_anchors):  # FPN's extra max-pool levels (k 1, s 2)
+            gh, gw = grids[-1]
+            grids.append(((gh - 1) // 2 + 1, (gw - 1) // 2 + 1))
+        boxes = np.zeros((*index.shape, 4), np.float32)
+        valid = np.zeros(index.shape, bool)
+        for lvl, (cell, (gh, gw)) in enumerate(zip(self.cell_anchors, grids, strict=True)):
+            a = len(cell)
+            n = gh * gw * a
+            idx = index[lvl]
+            valid[lvl] = idx < n
+            idx = np.minimum(idx, n - 1)
+            sh, sw = padded[0] // gh, padded[1] // gw
+            pos, k = idx // a, idx % a
+            x, y = (pos % gw) * sw, (pos // gw) * sh
+            anchors = np.stack([x, y, x, y], 1).astype(np.float32) + cell[k]
+            boxes[lvl] = _decode(
+                deltas[lvl], anchors, self.spec["rpn_weights"], self.spec["rpn_clip"]
+            )
+        h, w = size
+        boxes[..., 0::2] = np.clip(boxes[..., 0::2], 0, w)
+        boxes[..., 1::2] = np.clip(boxes[..., 1::2], 0, h)
+        with np.errstate(over="ignore"):  # padding logits (-1e6) give exp overflow: score 0
+            scores = (np.float32(1.0) / (np.float32(1.0) + np.exp(-logits))).astype(np.float32)
+        min_size = np.float32(self.spec["rpn_min_size"])
+        valid &= (boxes[..., 2] - boxes[..., 0] >= min_size) & (
+            boxes[..., 3] - boxes[..., 1] >= min_size
+        )
+        valid &= scores >= np.float32(self.spec["rpn_score_thresh"])
+        return boxes, np.where(valid, scores, np.float32(-1.0)).astype(np.float32)
+
+    def detect(self, index: int, frame: np.ndarray) -> Detections:
+        image, (h, w) = self.preprocess(frame)
+        out = self.detector.run({"image": image})
+        rpn_boxes, rpn_scores = self.rpn_boxes(out, image.shape[-2:], (h, w))
+        feeds = {f"feature{i}": out[f"feature{i}"] for i in range(4)}
+        feeds.update(
+            rpn_boxes=rpn_boxes,
+            rpn_scores=rpn_scores,
+            image_size=np.array([h, w], np.float32),
+        )
+        det = self.heads.run(feeds)
+        keep = det["valid"].astype(bool)
+        h0, w0 = frame.shape[:2]
+        ratio = np.array(
+            [np.float32(w0) / np.float32(w), np.float32(h0) / np.float32(h)] * 2, np.float32
+        )
+        return Detections(
+            (det["boxes"][keep].astype(np.float32) * ratio).astype(np.float32),
+            det["scores"][keep].astype(np.float32),
+            det["masks"][keep].astype(np.float32),
+            "box",
+        )
+
+
+def _linear_taps(n_in: int, n_out: int):
+    """One axis of torch's CPU bilinear (``align_corners=False``): ``i0, i1, w0, w1``. The
+    source coordinate ``scale * (dst + 0.5) - 0.5`` is rounded once, as the fused multiply-add
+    torch's compiled kernel uses (float64 here, then float32); :func:`imaging.resize` rounds
+    twice, up to ~3e-5 apart on unit-scale data, which a detector's deep layers amplify."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    dst = np.arange(n_out, dtype=np.float32) + np.float32(0.5)
+    src = (np.float64(scale) * dst.astype(np.float64) - 0.5).astype(np.float32)
+    src = np.maximum(src, np.float32(0.0))
+    i0 = src.astype(np.int64)
+    w1 = (src - i0.astype(np.float32)).astype(np.float32)
+    return i0, np.minimum(i0 + 1, n_in - 1), np.float32(1.0) - w1, w1
+
+
+def _bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(C, H, W)`` float32 resampled to ``size`` as ``F.interpolate(mode="bilinear")``."""
+    y0, y1, a0, a1 = _linear_taps(x.shape[1], size[0])
+    x0, x1, b0, b1 = _linear_taps(x.shape[2], size[1])
+    top, bottom = x[:, y0], x[:, y1]
+    return (
+        a0[:, None] * (b0 * top[:, :, x0] + b1 * top[:, :, x1])
+        + a1[:, None] * (b0 * bottom[:, :, x0] + b1 * bottom[:, :, x1])
+    ).astype(np.float32)
+
+
+def _decode(deltas: np.ndarray, anchors: np.ndarray, weights, clip: float) -> np.ndarray:
+    """torchvision's ``BoxCoder.decode_single`` for ``(N, 4)`` deltas and anchors, float32."""
+    f = np.float32
+    wx, wy, ww, wh = (f(v) for v in weights)
+    widths = anchors[:, 2] - anchors[:, 0]
+    heights = anchors[:, 3] - anchors[:, 1]
+    ctr_x = anchors[:, 0] + f(0.5) * widths
+    ctr_y = anchors[:, 1] + f(0.5) * heights
+    dx, dy = deltas[:, 0] / wx, deltas[:, 1] / wy
+    dw = np.minimum(deltas[:, 2] / ww, f(clip))
+    dh = np.minimum(deltas[:, 3] / wh, f(clip))
+    px, py = dx * widths + ctr_x, dy * heights + ctr_y
+    half_w, half_h = f(0.5) * (np.exp(dw) * widths), f(0.5) * (np.exp(dh) * heights)
+    return np.stack([px - half_w, py - half_h, px + half_w, py + half_h], 1).astype(f)
+
+
+def maskrcnn_source(spec: dict, runners: dict):
+    """The proposal source of a Mask R-CNN bundle: :class:`MaskRCNNDetector` for the split
+    layout (graphs ``detector`` and ``proposals``), :class:`MaskRCNNStage` for a single graph."""
+    if spec.get("layout") == "split":
+        return MaskRCNNDetector(spec, runners["detector"], runners["proposals"])
+    return MaskRCNNStage(runners["proposals"])
 
 
 def prepare_proposals(det: Detections, frame_size: tuple[int, int], cfg: dict) -> Proposals:

@@ -126,7 +126,9 @@ def run_one(video, cfg: DMMConfig, source: ProposalSource) -> dict[str, float]:
     t0 = time.perf_counter()
     pred = np.stack(list(seg.segment(video.frames, video.first_mask, video.annotations)))
     elapsed = time.perf_counter() - t0
-    stats = evaluate_sequences({"v": video.labels}, {"v": pred}).global_stats()
+    # every object of the generated video, late ones included (DAVIS would score only the
+    # first frame's; the late-object handling is part of what is compared here)
+    stats = evaluate_sequences({"v": video.labels}, {"v": pred}, include_late=True).global_stats()
     return {
         "J&F": stats["J&F-Mean"],
         "J": stats["J-Mean"],

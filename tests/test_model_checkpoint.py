@@ -73,6 +73,7 @@ def r101_state():
     return original_trainer_state("resnet101")
 
 
+@pytest.mark.filterwarnings("ignore:original DMM-Net weights loaded")  # expected: compat default
 def test_import_maps_every_original_parameter(r101, r101_state):
     load_original_checkpoint(r101, r101_state)
     ours = r101.state_dict()

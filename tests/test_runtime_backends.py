@@ -153,3 +153,74 @@ def test_split_detector_axes_get_tensorrt_profiles():
     )
     shapes = [_profile_shapes(det, i, ranges=r)["image"] for i in range(3)]
     assert shapes == [(1, 3, 32, 32), (1, 3, 480, 800), (1, 3, 800, 800)]
+
+
+def test_tensorrt_stage_engines_come_from_the_projects_builder(tmp_path, monkeypatch):
+    """backend='tensorrt' builds each stage with the project's builder (the one behind
+    trt-build): strongly typed on 10.x, one profile from the manifest's axes, static inputs at
+    their shape, a shared timing cache, engines cached per graph, TensorRT version and GPU.
+    TensorRT itself is a stand-in here (its library cannot be installed)."""
+    from test_tensorrt_engine import _fake_trt
+
+    from dmm_deploy.runtime.backends import axis_ranges, build_stage_engine
+    from dmm_deploy.runtime.trt_build import TensorRTBuildError
+
+    fake = _fake_trt("10.3.0")
+
+    class In:
+        def __init__(self, name, shape):
+            self.name, self.shape = name, shape
+
+    class Net:
+        num_inputs = 2
+
+        def get_input(self, i):
+            return [In("image", (1, 3, -1, -1)), In("size", (2,))][i]
+
+    def with_inputs(trt):
+        def network(self, flags):
+            trt.calls.append(("network_flags", flags))
+            return Net()
+
+        monkeypatch.setattr(trt.Builder, "create_network", network)
+        return trt
+
+    fake = with_inputs(fake)
+    spec = StageSpec(
+        name="detector",
+        file="detector.onnx",
+        sha256="1" * 64,
+        precision="fp32",
+        opset=17,
+        inputs=(
+            TensorSpec("image", "float32", (1, 3, "Hp", "Wp")),
+            TensorSpec("size", "float32", (2,)),
+        ),
+        outputs=(),
+        extra={},
+    )
+    ranges = axis_ranges(
+        {"layout": "split", "size_divisible": 32, "min_size": 480, "max_size": 800}
+    )
+    path = tmp_path / "detector.onnx"
+    path.write_bytes(b"not really onnx")
+    cache = tmp_path / "engines"
+    engine = build_stage_engine(fake, path, spec, cache, ranges, "Fake GPU")
+    assert engine.parent == cache and engine.read_bytes() == b"PLAN"
+    assert ("network_flags", 2) in fake.calls  # STRONGLY_TYPED on 10.x
+    assert ("profile", "image", (1, 3, 32, 32), (1, 3, 480, 800), (1, 3, 800, 800)) in fake.calls
+    assert ("profile", "size", (2,), (2,), (2,)) in fake.calls
+    assert (cache / "timing.cache").read_bytes() == b"+timed"
+    assert [p.name for p in cache.iterdir() if p.suffix == ".tmp"] == []
+    fake.calls.clear()  # cached: nothing parsed or built
+    assert build_stage_engine(fake, path, spec, cache, ranges, "Fake GPU") == engine
+    assert fake.calls == []
+    assert build_stage_engine(fake, path, spec, cache, ranges, "Other GPU") != engine
+    fake11 = with_inputs(_fake_trt("11.0.0"))  # TensorRT 11: always strongly typed, flags 0
+    build_stage_engine(fake11, path, spec, tmp_path / "e11", ranges, "Fake GPU")
+    assert ("network_flags", 0) in fake11.calls
+    fake.fail_parse = True
+    before = sorted(cache.iterdir())
+    with pytest.raises(TensorRTBuildError, match=r"rejected .*detector\.onnx"):
+        build_stage_engine(fake, path, spec, cache, ranges, "Third GPU")
+    assert sorted(cache.iterdir()) == before  # nothing written for a refused graph

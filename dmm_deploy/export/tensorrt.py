@@ -26,6 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from dmm_deploy.export.tensorrt_compat import INSTALL_HINT, import_tensorrt, trt_version_tuple
+from dmm_deploy.runtime.trt_build import (
+    TensorRTBuildError,
+    build_plan,
+    format_parser_errors,
+    network_flags,
+)
 
 __all__ = [
     "INSTALL_HINT",
@@ -161,82 +167,18 @@ def engine_cache_path(cache_dir: str | Path, onnx_path: str | Path, tag: str) ->
 
 
 def network_setup(trt, options: BuilderOptions) -> tuple[int, list]:
-    """Network creation flags and builder flags for this TensorRT and these options.
+    """Network creation flags and builder flags for this TensorRT and these options
+    (:func:`dmm_deploy.runtime.trt_build.network_flags` with ``options.weak_fp16``).
 
-    TensorRT 10.x: strongly typed networks on request (``NetworkDefinitionCreationFlag.
-    STRONGLY_TYPED``, the default here), or weakly typed with ``BuilderFlag.FP16``
-    (``weak_fp16``). Explicit batch is implied in 10.x (its flag is deprecated and not used).
-    TensorRT 11.x: every network is strongly typed and the precision flags are gone: flags 0.
-    Returns ``(network_flags, builder_flags)``; raises ``ValueError`` for what the version lacks.
+    TensorRT 10.x: strongly typed networks (the default here), or weakly typed with
+    ``BuilderFlag.FP16`` (``weak_fp16``). TensorRT 11.x: every network is strongly typed and the
+    precision flags are gone: flags 0. Returns ``(network_flags, builder_flags)``; raises
+    ``ValueError`` for what the version lacks.
     """
-    major, _ = trt_version_tuple(trt.__version__)
-    if major < 10:
-        raise ValueError(f"TensorRT >= 10 is needed, found {trt.__version__}")
-    if major >= 11:
-        if options.weak_fp16:
-            raise ValueError(
-                f"TensorRT {trt.__version__} builds strongly typed networks only (BuilderFlag.FP16 "
-                "was removed): export with --precision fp16 or mixed instead of --weak-fp16"
-            )
-        return 0, []
-    if options.weak_fp16:
-        return 0, [trt.BuilderFlag.FP16]
-    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED), []
+    return network_flags(trt, options.weak_fp16)
 
 
-# -- parser errors -------------------------------------------------------------------------
-
-
-class TensorRTBuildError(RuntimeError):
-    """The ONNX parser or the builder refused the graph; the message holds all its errors."""
-
-
-def _call(obj, name: str, default=None):
-    fn = getattr(obj, name, None)
-    if fn is None:
-        return default
-    try:
-        return fn() if callable(fn) else fn
-    except Exception:  # an accessor missing in this TensorRT build: leave the field out
-        return default
-
-
-def format_parser_errors(parser, onnx_path: str | Path = "") -> str:
-    """Every error of an ``OnnxParser``, whole: description, node, operator, code, location.
-
-    ``parser`` needs ``num_errors`` and ``get_error(i)``; each error's ``desc()``, ``code()``,
-    ``node()``, ``node_name()``, ``node_operator()``, ``file()``, ``line()`` and ``func()`` are
-    shown when present.
-    """
-    count = int(parser.num_errors)
-    head = f"TensorRT's ONNX parser rejected {onnx_path or 'the graph'} ({count} error(s)):"
-    lines = [head]
-    for i in range(count):
-        err = parser.get_error(i)
-        desc = _call(err, "desc", "")
-        where = []
-        node = _call(err, "node")
-        if node is not None and node != -1:
-            where.append(f"node #{node}")
-        name = _call(err, "node_name")
-        if name:
-            where.append(f"name {name!r}")
-        op = _call(err, "node_operator")
-        if op:
-            where.append(f"op {op}")
-        code = _call(err, "code")
-        if code is not None:
-            where.append(f"code {getattr(code, 'name', code)}")
-        src = _call(err, "file")
-        if src:
-            where.append(f"at {src}:{_call(err, 'line', '?')} {_call(err, 'func', '')}".rstrip())
-        lines.append(f"  [{i}] {desc}" + (f"  ({', '.join(where)})" if where else ""))
-    if count == 0:
-        lines.append("  (the parser reported failure without errors; see the TensorRT log above)")
-    return "\n".join(lines)
-
-
-# -- build ---------------------------------------------------------------------------------
+# -- the GPU ---------------------------------------------------------------------------------
 
 
 def _nvidia_smi(field: str, device: int) -> str:
@@ -359,7 +301,7 @@ def build_engine(
 
         check_plugin_profile(onnx_path, options.profile)
     trt = import_tensorrt()
-    network_flags, builder_flags = network_setup(trt, options)
+    net_flags, builder_flags = network_setup(trt, options)
     gpu = gpu_name()
     extra = None
     if options.plugin:
@@ -379,51 +321,30 @@ def build_engine(
         from dmm_deploy.export.trt_plugin import register_plugin
 
         register_plugin(arch_fn=gpu_arch)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(network_flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise TensorRTBuildError(format_parser_errors(parser, onnx_path))
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
-    config.builder_optimization_level = options.optimization_level
-    for flag in builder_flags:
-        config.set_flag(flag)
-    profile = builder.create_optimization_profile()
-    p = options.profile
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        if len(tensor.shape) != 3:
+    def shapes(name: str, shape: tuple[int, ...]):
+        if len(shape) != 3:
             raise TensorRTBuildError(
-                f"input {tensor.name!r} has shape {tuple(tensor.shape)}; the profile is for (B, n, m)"
+                f"input {name!r} has shape {shape}; the profile is for (B, n, m)"
             )
-        shape = tuple(int(d) for d in tensor.shape)
-        if all(d > 0 for d in shape):  # a static input (read without onnx): its one shape
-            profile.set_shape(tensor.name, shape, shape, shape)
-        else:
-            profile.set_shape(tensor.name, p.min, p.opt, p.max)
-    config.add_optimization_profile(profile)
-    tc_path = Path(timing_cache) if timing_cache else None
-    tc_bytes = tc_path.read_bytes() if tc_path is not None and tc_path.is_file() else b""
-    cache = config.create_timing_cache(tc_bytes)
-    config.set_timing_cache(cache, False)
+        p = options.profile
+        return p.min, p.opt, p.max
 
     t0 = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise TensorRTBuildError(
-            f"TensorRT could not build an engine from {onnx_path} (see its log)"
-        )
+    plan = build_plan(
+        trt,
+        onnx_path,
+        shapes,
+        flags=(net_flags, builder_flags),
+        workspace_mib=options.workspace_mib,
+        optimization_level=options.optimization_level,
+        timing_cache=timing_cache,
+    )
     log(
         f"engine    built in {time.perf_counter() - t0:.1f} s with TensorRT {trt.__version__} on {gpu}"
     )
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(plan))
-    if tc_path is not None:
-        tc_path.parent.mkdir(parents=True, exist_ok=True)
-        tc_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    engine_path.write_bytes(plan)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(engine_path, cached)

@@ -32,6 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dmm_deploy.runtime.trt_build import trt_version_tuple
+
 if TYPE_CHECKING:  # onnx is imported where it is used: the TensorRT builder imports this module
     import onnx
 
@@ -68,15 +70,6 @@ def import_tensorrt():
     except ImportError as e:
         raise ImportError(INSTALL_HINT) from e
     return tensorrt
-
-
-def trt_version_tuple(version: str) -> tuple[int, int]:
-    """``"10.3.0.26"`` -> ``(10, 3)``."""
-    parts = str(version).split(".")
-    try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        raise ValueError(f"cannot read a TensorRT version from {version!r}") from None
 
 
 @dataclass(frozen=True)

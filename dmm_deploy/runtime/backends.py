@@ -6,9 +6,10 @@
   before CUDA. A requested GPU provider that onnxruntime does not have (or that did not load)
   is an error, never a silent fall back to the CPU.
 * :class:`TrtStage` (``backend="tensorrt"``): a TensorRT engine built from the stage graph with
-  polygraphy's builder and runner (device memory handled by polygraphy's CUDA wrapper; no
-  torch), cached in ``<bundle>/engines/`` keyed on the graph's SHA-256, the TensorRT version
-  and the GPU. TensorRT and polygraphy are imported only here.
+  the project's builder (:mod:`dmm_deploy.runtime.trt_build`, also behind ``trt-build``) and
+  run by polygraphy's runner (device memory handled by polygraphy's CUDA wrapper; no torch),
+  cached in ``<bundle>/engines/`` keyed on the graph's SHA-256, the TensorRT version, the GPU
+  and the profile ranges. TensorRT and polygraphy are imported only here.
 """
 
 from __future__ import annotations
@@ -324,12 +325,57 @@ def _gpu_name() -> str:
     return props.name.decode(errors="replace").strip("\x00")
 
 
+def _import_trt():
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise ImportError(
+            "backend='tensorrt' needs TensorRT and polygraphy: pip install 'dmm-deploy[trt]' "
+            "(on a Jetson: JetPack's python3-libnvinfer and pip install polygraphy)"
+        ) from e
+    return trt
+
+
+def build_stage_engine(
+    trt,
+    path: Path,
+    spec: StageSpec,
+    cache_dir: Path,
+    ranges: dict[str, tuple[int, int, int]] | None,
+    gpu: str,
+) -> Path:
+    """The engine of stage graph ``path`` in ``cache_dir``, built with the project's builder
+    (:func:`dmm_deploy.runtime.trt_build.build_plan`) when it is not there yet. Keyed on the
+    graph's SHA-256, the TensorRT version, the GPU and the profile ``ranges``
+    (:func:`axis_ranges`); the timing cache ``cache_dir/timing.cache`` is shared by the stages."""
+    from dmm_deploy.runtime.trt_build import build_plan
+
+    ranges = AXIS_RANGES if ranges is None else ranges
+    key = json.dumps([spec.sha256, trt.__version__, gpu, ranges], sort_keys=True)
+    tag = hashlib.sha256(key.encode()).hexdigest()[:16]
+    engine_path = cache_dir / f"{spec.name}-{tag}.engine"
+    if engine_path.is_file():
+        return engine_path
+    points = [_profile_shapes(spec, i, ranges=ranges) for i in range(3)]
+
+    def profile(name: str, shape: tuple[int, ...]):
+        return tuple(p[name] for p in points)
+
+    plan = build_plan(trt, path, profile, timing_cache=cache_dir / "timing.cache")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = engine_path.with_name(f"{engine_path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(plan)
+    os.replace(tmp, engine_path)
+    return engine_path
+
+
 class TrtStage:
     """One stage as a TensorRT engine run by polygraphy's ``TrtRunner`` (see module docstring).
 
-    The engine is built on first use (strongly typed: the graph's own precision) and cached
-    as ``<bundle>/engines/<stage>-<key>.engine``; engines are specific to the GPU and the
-    TensorRT version, so build them on the device that runs them.
+    The engine is built on first use by :func:`build_stage_engine` (the project's builder:
+    strongly typed, so the graph's own precision; one optimization profile over the dynamic
+    axes) and cached as ``<bundle>/engines/<stage>-<key>.engine``; engines are specific to the
+    GPU and the TensorRT version, so build them on the device that runs them.
     """
 
     def __init__(
@@ -339,40 +385,15 @@ class TrtStage:
         cache_dir: Path,
         ranges: dict[str, tuple[int, int, int]] | None = None,
     ) -> None:
+        trt = _import_trt()
         try:
-            import tensorrt as trt
-            from polygraphy.backend.trt import (
-                CreateConfig,
-                EngineFromBytes,
-                NetworkFromOnnxPath,
-                Profile,
-                TrtRunner,
-                engine_bytes_from_network,
-            )
+            from polygraphy.backend.trt import EngineFromBytes, TrtRunner
         except ImportError as e:
             raise ImportError(
-                "backend='tensorrt' needs TensorRT and polygraphy: pip install 'dmm-deploy[trt]' "
-                "(on a Jetson: JetPack's python3-libnvinfer and pip install polygraphy)"
+                "backend='tensorrt' runs engines with polygraphy: pip install polygraphy"
             ) from e
-        ranges = AXIS_RANGES if ranges is None else ranges
-        key = json.dumps([spec.sha256, trt.__version__, _gpu_name(), ranges], sort_keys=True)
-        tag = hashlib.sha256(key.encode()).hexdigest()[:16]
-        engine_path = cache_dir / f"{spec.name}-{tag}.engine"
-        if not engine_path.is_file():
-            profile = Profile()
-            shapes = [_profile_shapes(spec, i, ranges=ranges) for i in range(3)]
-            for t in spec.inputs:
-                if any(isinstance(d, str) for d in t.shape):
-                    profile.add(
-                        t.name, min=shapes[0][t.name], opt=shapes[1][t.name], max=shapes[2][t.name]
-                    )
-            network = NetworkFromOnnxPath(str(path), strongly_typed=True)
-            config = CreateConfig(profiles=[profile])
-            plan = engine_bytes_from_network(network, config=config)
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            engine_path.write_bytes(bytes(plan))
-        self.engine_path = engine_path
-        self.runner = TrtRunner(EngineFromBytes(engine_path.read_bytes()))
+        self.engine_path = build_stage_engine(trt, path, spec, cache_dir, ranges, _gpu_name())
+        self.runner = TrtRunner(EngineFromBytes(self.engine_path.read_bytes()))
         self.runner.activate()
         self.spec = spec
         self.dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}

@@ -326,3 +326,16 @@ def test_maskrcnn_bundle_runs_the_exported_detector(videos, tmp_path):
     agree = [float((a == b).mean()) for a, b in zip(ref, got, strict=True)]
     # a random detector's near-equal scores may order a few detections differently
     assert min(agree) >= 0.95, agree
+
+
+def test_detector_settings_beyond_tensorrt_limits_are_refused():
+    from dmm_deploy.export.bundle_stages import TOPK_MAX, check_tensorrt_limits
+
+    check_tensorrt_limits(1000, 1000, 100)
+    for args, name in (
+        ((TOPK_MAX, 1000, 100), "pre_nms_top_n"),
+        ((1000, 5000, 100), "post_nms_top_n"),
+        ((1000, 1000, 0), "detections_per_img"),
+    ):
+        with pytest.raises(ValueError, match=f"{name} = .*TensorRT's TopK limit"):
+            check_tensorrt_limits(*args)

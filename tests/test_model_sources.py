@@ -171,6 +171,27 @@ def test_maskrcnn_random_weights_small(tmp_path):
     torch.testing.assert_close(det2.masks, det.masks)
 
 
+@pytest.mark.slow
+def test_maskrcnn_roi_levels_do_not_depend_on_the_first_frame():
+    """torchvision infers its RoI poolers' level scales from the first image and keeps them;
+    the source pins them to the FPN strides, so a thin first frame does not change later ones."""
+    opts = dict(min_size=64, max_size=96, detections_per_img=10, rpn_post_nms_top_n_test=40)
+    torch.manual_seed(0)
+    src = MaskRCNNProposals(None, **opts)
+    rh = src.model.roi_heads
+    for pool in (rh.box_roi_pool, rh.mask_roi_pool):
+        assert pool.scales == [0.25, 0.125, 0.0625, 0.03125]
+    g = np.random.default_rng(1)
+    frame = g.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    want = src.detect(0, frame)
+    torch.manual_seed(0)
+    other = MaskRCNNProposals(None, **opts)
+    other.detect(0, g.integers(0, 255, (4, 200, 3), dtype=np.uint8))  # thin first frame
+    got = other.detect(1, frame)
+    torch.testing.assert_close(got.boxes, want.boxes)
+    torch.testing.assert_close(got.masks, want.masks)
+
+
 def test_maskrcnn_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="version"):
         MaskRCNNProposals(None, version="v3")

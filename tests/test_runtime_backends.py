@@ -210,6 +210,8 @@ def test_tensorrt_stage_engines_come_from_the_projects_builder(tmp_path, monkeyp
     assert ("network_flags", 2) in fake.calls  # STRONGLY_TYPED on 10.x
     assert ("profile", "image", (1, 3, 32, 32), (1, 3, 480, 800), (1, 3, 800, 800)) in fake.calls
     assert ("profile", "size", (2,), (2,), (2,)) in fake.calls
+    assert ("clear_flag", "TF32") in fake.calls  # an fp32 stage stays float32 on the GPU
+    assert fake.calls.index(("plugins", "")) < fake.calls.index(("parse", str(path)))
     assert (cache / "timing.cache").read_bytes() == b"+timed"
     assert [p.name for p in cache.iterdir() if p.suffix == ".tmp"] == []
     fake.calls.clear()  # cached: nothing parsed or built

@@ -114,3 +114,23 @@ def test_exact_assignment_refuses_bad_costs():
         linear_sum_assignment(np.array([[np.nan, 0.0]]))
     with pytest.raises(ValueError, match="2-D"):
         linear_sum_assignment(np.zeros(3))
+
+
+def test_detector_refuses_a_frame_too_thin_to_resize():
+    """A frame whose resized side would be 0 pixels: one clear error, not a broken graph call."""
+    from dmm_deploy.runtime.proposals import MaskRCNNDetector
+
+    spec = {
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+        "cell_anchors": [[[-16.0, -16.0, 16.0, 16.0]]],
+        "min_size": 160,
+        "max_size": 267,
+        "size_divisible": 32,
+    }
+    det = MaskRCNNDetector(spec, None, None)
+    image, size = det.preprocess(np.zeros((120, 160, 3), np.uint8))
+    assert size == (160, 213) and image.shape == (1, 3, 160, 224)
+    with pytest.raises(ValueError, match=r"frame of 1x300 is too thin for the detector") as e:
+        det.preprocess(np.zeros((1, 300, 3), np.uint8))
+    assert "\n" not in str(e.value)

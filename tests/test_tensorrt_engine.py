@@ -92,7 +92,7 @@ def _fake_trt(version: str):
     """A stand-in for the parts of the ``tensorrt`` module that the build uses."""
     m = types.SimpleNamespace(__version__=version)
     m.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
-    m.BuilderFlag = types.SimpleNamespace(FP16="FP16")
+    m.BuilderFlag = types.SimpleNamespace(FP16="FP16", TF32="TF32")
     m.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     m.calls = []
 
@@ -174,6 +174,9 @@ def _fake_trt(version: str):
         def set_flag(self, flag):
             m.calls.append(("flag", flag))
 
+        def clear_flag(self, flag):
+            m.calls.append(("clear_flag", flag))
+
         def add_optimization_profile(self, p):
             m.calls.append(("add_profile",))
 
@@ -206,6 +209,7 @@ def _fake_trt(version: str):
             return b"PLAN"
 
     m.Logger, m.Builder, m.OnnxParser = Logger, Builder, OnnxParser
+    m.init_libnvinfer_plugins = lambda logger, namespace: m.calls.append(("plugins", namespace))
     m.fail_parse = False
     return m
 
@@ -272,6 +276,11 @@ def test_build_flow_profile_timing_and_engine_cache(fake_build, tmp_path):
     assert ("network_flags", 2) in fake.calls
     assert ("pool", "WORKSPACE", 256 << 20) in fake.calls
     assert ("build", 3) in fake.calls
+    # TensorRT's standard plugins are registered before the graph is parsed
+    assert fake.calls.index(("plugins", "")) < next(
+        i for i, c in enumerate(fake.calls) if c[0] == "parse"
+    )
+    assert not any(c[0] == "clear_flag" for c in fake.calls)  # trt-build keeps TF32 default
     for name in ("cost", "x_init"):
         assert ("profile", name, (1, 1, 1), (4, 8, 64), (16, 16, 256)) in fake.calls
     assert ("timing_cache_in", b"") in fake.calls

@@ -276,6 +276,27 @@ class _NonMaxSuppression(torch.autograd.Function):
         )
 
 
+TOPK_MAX = 3840  # TensorRT's TopK: K below 3840 (onnx-tensorrt operators.md)
+
+
+def check_tensorrt_limits(pre_nms_top_n: int, post_nms_top_n: int = 1, detections: int = 1):
+    """Refuse detector settings whose graphs TensorRT would refuse: every TopK K
+    (``pre_nms_top_n``, ``post_nms_top_n``, ``detections_per_img``) must be below
+    :data:`TOPK_MAX`. That also keeps every NMS (``pre_nms_top_n`` boxes per level,
+    ``post_nms_top_n`` per class) within the NMS layer's 5000 boxes per batch item (2000 on
+    SM 5.3/6.2, GPUs that JetPack 6 does not support)."""
+    for name, k in (
+        ("rpn pre_nms_top_n", pre_nms_top_n),
+        ("rpn post_nms_top_n", post_nms_top_n),
+        ("detections_per_img", detections),
+    ):
+        if not 1 <= int(k) < TOPK_MAX:
+            raise ValueError(
+                f"Mask R-CNN {name} = {k}: the exported graphs need 1 <= it < {TOPK_MAX} "
+                "(TensorRT's TopK limit)"
+            )
+
+
 def _top_k_padded(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``topk(values, k)`` over ``values`` followed by ``k`` distinct, decreasing sentinel
     values far below any real one: K is a constant whatever the length of ``values`` (a pyramid
@@ -285,7 +306,7 @@ def _top_k_padded(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     return torch.topk(torch.cat([values, pad]), k)
 
 
-def _pool_all_levels(features, boxes, output_size: int, sampling_ratio: int, mapper):
+def _pool_all_levels(features, boxes, output_size: tuple[int, int], sampling_ratio: int, mapper):
     """torchvision's ``MultiScaleRoIAlign`` for a fixed number of boxes of one image: every box
     pooled on every level (ONNX RoiAlign, ``aligned=False``), then each box's level (the
     pooler's own :class:`~torchvision.ops.poolers.LevelMapper`) picked with ``Where``: no
@@ -296,9 +317,7 @@ def _pool_all_levels(features, boxes, output_size: int, sampling_ratio: int, map
     levels = mapper([boxes])
     out = None
     for level, feature in enumerate(features):
-        pooled = roi_align(
-            feature, rois, (output_size, output_size), 2.0 ** -(level + 2), sampling_ratio
-        )
+        pooled = roi_align(feature, rois, tuple(output_size), 2.0 ** -(level + 2), sampling_ratio)
         out = (
             pooled
             if out is None
@@ -321,6 +340,7 @@ class DetectorStage(nn.Module):
         self.backbone, self.head = m.backbone, m.rpn.head
         self.anchors = m.rpn.anchor_generator.num_anchors_per_location()[0]
         self.k = int(m.rpn._pre_nms_top_n["testing"])
+        check_tensorrt_limits(self.k)
 
     def forward(self, image: torch.Tensor):
         features = list(self.backbone(image).values())
@@ -374,7 +394,13 @@ class DetectorHeadsStage(nn.Module):
         for pool in (self.box_pool, self.mask_pool):
             if list(pool.featmap_names) != [str(i) for i in range(MASKRCNN_LEVELS)]:
                 raise ValueError(f"unsupported RoI pooler levels {pool.featmap_names}")
-        self.mapper = initLevelMapper(2, 5, canonical_scale=224, canonical_level=4)
+        # one mapper for both poolers (torchvision builds them alike; checked here)
+        canon = {(p.canonical_scale, p.canonical_level) for p in (self.box_pool, self.mask_pool)}
+        if len(canon) != 1:
+            raise ValueError(f"the box and mask RoI poolers map levels differently: {canon}")
+        scale, level = canon.pop()
+        self.mapper = initLevelMapper(2, 5, canonical_scale=scale, canonical_level=level)
+        check_tensorrt_limits(self.k, self.p, self.d)
 
     def forward(self, f0, f1, f2, f3, rpn_boxes, rpn_scores, image_size):
         features = (f0, f1, f2, f3)
@@ -388,7 +414,13 @@ class DetectorHeadsStage(nn.Module):
         proposals = torch.where(keep[:, None], rpn_boxes.reshape(-1, 4)[flat], 0.0)
         # box head
         rh = self.roi_heads
-        pooled = _pool_all_levels(features, proposals, 7, self.box_pool.sampling_ratio, self.mapper)
+        pooled = _pool_all_levels(
+            features,
+            proposals,
+            self.box_pool.output_size,
+            self.box_pool.sampling_ratio,
+            self.mapper,
+        )
         class_logits, box_regression = rh.box_predictor(rh.box_head(pooled))
         boxes = rh.box_coder.decode(box_regression, [proposals])  # (P, C, 4)
         h, w = image_size[0], image_size[1]
@@ -413,7 +445,11 @@ class DetectorHeadsStage(nn.Module):
         labels = flat // self.p + 1
         # mask head on the detections
         pooled = _pool_all_levels(
-            features, det_boxes, 14, self.mask_pool.sampling_ratio, self.mapper
+            features,
+            det_boxes,
+            self.mask_pool.output_size,
+            self.mask_pool.sampling_ratio,
+            self.mapper,
         )
         logits = rh.mask_predictor(rh.mask_head(pooled))  # (D, C, 28, 28)
         index = labels[:, None, None, None].expand(-1, 1, *logits.shape[-2:])

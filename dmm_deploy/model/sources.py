@@ -62,6 +62,20 @@ class ProposalSource(abc.ABC):
 # --------------------------------------------------------------------------- Mask R-CNN
 
 
+def _pin_roi_levels(pool) -> None:
+    """Fix a torchvision ``MultiScaleRoIAlign``'s level scales to the FPN strides 4, 8, 16, 32
+    (levels 2..5). torchvision infers them from the first image it pools and keeps them, so a
+    tiny or extreme first frame would set them wrongly for the whole video; with FPN they are
+    these for every ordinary image, and the exported detector graphs use the same."""
+    from torchvision.ops.poolers import initLevelMapper
+
+    n = len(pool.featmap_names)
+    pool.scales = [2.0 ** -(2 + i) for i in range(n)]
+    pool.map_levels = initLevelMapper(
+        2, 1 + n, canonical_scale=pool.canonical_scale, canonical_level=pool.canonical_level
+    )
+
+
 class MaskRCNNProposals(ProposalSource):
     """torchvision Mask R-CNN on every frame, all classes pooled, no score threshold.
 
@@ -129,6 +143,8 @@ class MaskRCNNProposals(ProposalSource):
         if state is not None:
             self.model.load_state_dict(state)
         self.model.eval().to(device)
+        for pool in (self.model.roi_heads.box_roi_pool, self.model.roi_heads.mask_roi_pool):
+            _pin_roi_levels(pool)
         self.device = torch.device(device)
 
     @torch.no_grad()

@@ -347,7 +347,8 @@ def build_stage_engine(
     """The engine of stage graph ``path`` in ``cache_dir``, built with the project's builder
     (:func:`dmm_deploy.runtime.trt_build.build_plan`) when it is not there yet. Keyed on the
     graph's SHA-256, the TensorRT version, the GPU and the profile ``ranges``
-    (:func:`axis_ranges`); the timing cache ``cache_dir/timing.cache`` is shared by the stages."""
+    (:func:`axis_ranges`); the timing cache ``cache_dir/timing.cache`` is shared by the stages.
+    float32 stages are built without TF32."""
     from dmm_deploy.runtime.trt_build import build_plan
 
     ranges = AXIS_RANGES if ranges is None else ranges
@@ -361,7 +362,10 @@ def build_stage_engine(
     def profile(name: str, shape: tuple[int, ...]):
         return tuple(p[name] for p in points)
 
-    plan = build_plan(trt, path, profile, timing_cache=cache_dir / "timing.cache")
+    # float32 stages stay float32 on the GPU too (no TF32): the precision the bundle was
+    # exported and parity-checked at; mixed / fp16 bundles are the fast choice
+    tf32 = None if spec.precision != "fp32" else False
+    plan = build_plan(trt, path, profile, timing_cache=cache_dir / "timing.cache", tf32=tf32)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = engine_path.with_name(f"{engine_path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(plan)
@@ -392,7 +396,10 @@ class TrtStage:
             raise ImportError(
                 "backend='tensorrt' runs engines with polygraphy: pip install polygraphy"
             ) from e
+        from dmm_deploy.runtime.trt_build import load_plugins
+
         self.engine_path = build_stage_engine(trt, path, spec, cache_dir, ranges, _gpu_name())
+        load_plugins(trt)  # engines that hold standard plugins (ROIAlign_TRT) deserialize
         self.runner = TrtRunner(EngineFromBytes(self.engine_path.read_bytes()))
         self.runner.activate()
         self.spec = spec

@@ -116,6 +116,12 @@ class MaskRCNNDetector:
         image = frame.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
         image = (image - self.mean) / self.std
         h, w = self.resized_size(*frame.shape[:2])
+        if min(h, w) < 1:
+            raise ValueError(
+                f"frame of {frame.shape[0]}x{frame.shape[1]} is too thin for the detector: "
+                f"it resizes to {h}x{w} (min_size {self.spec['min_size']}, max_size "
+                f"{self.spec['max_size']})"
+            )
         image = _bilinear(image, (h, w))
         d = int(self.spec["size_divisible"])
         hp, wp = -(-h // d) * d, -(-w // d) * d

@@ -20,6 +20,7 @@ __all__ = [
     "TensorRTBuildError",
     "build_plan",
     "format_parser_errors",
+    "load_plugins",
     "network_flags",
     "trt_version_tuple",
 ]
@@ -110,6 +111,13 @@ def format_parser_errors(parser, onnx_path: str | Path = "") -> str:
     return "\n".join(lines)
 
 
+def load_plugins(trt, logger=None) -> None:
+    """Register TensorRT's standard plugins (``libnvinfer_plugin``: e.g. ``ROIAlign_TRT``, which
+    the ONNX parser uses for ``RoiAlign``) in the plugin registry, before parsing a graph or
+    deserializing an engine that needs them. Idempotent."""
+    trt.init_libnvinfer_plugins(logger or trt.Logger(trt.Logger.WARNING), "")
+
+
 def build_plan(
     trt,
     onnx_path: str | Path,
@@ -119,6 +127,7 @@ def build_plan(
     workspace_mib: int = 1024,
     optimization_level: int = 3,
     timing_cache: str | Path | None = None,
+    tf32: bool | None = None,
 ) -> bytes:
     """Parse ``onnx_path`` with TensorRT's ONNX parser and build a serialized engine.
 
@@ -127,12 +136,17 @@ def build_plan(
         their one shape. It may raise :class:`TensorRTBuildError` for an input it cannot serve.
     flags: ``(network_flags, builder_flags)``; default :func:`network_flags` (strongly typed).
     timing_cache: a timing-cache file, read when present and written back after the build.
+    tf32: ``False`` clears ``BuilderFlag.TF32`` (float32 convolutions and matrix products in
+        full float32, as onnxruntime's CPU provider computes them; TensorRT's default lets
+        Ampere and later GPUs, Orin included, use TF32 for them); ``None`` keeps the default.
+    TensorRT's standard plugins are registered first (:func:`load_plugins`).
     Raises :class:`TensorRTBuildError` with every parser error when the graph is refused, or
     when the builder returns no engine.
     """
     onnx_path = Path(onnx_path)
     net_flags, builder_flags = flags if flags is not None else network_flags(trt)
     logger = trt.Logger(trt.Logger.WARNING)
+    load_plugins(trt, logger)
     builder = trt.Builder(logger)
     network = builder.create_network(net_flags)
     parser = trt.OnnxParser(network, logger)
@@ -144,6 +158,8 @@ def build_plan(
     config.builder_optimization_level = optimization_level
     for flag in builder_flags:
         config.set_flag(flag)
+    if tf32 is False:
+        config.clear_flag(trt.BuilderFlag.TF32)
     opt_profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)

@@ -286,6 +286,48 @@ def test_official_csv_files_by_hand(tmp_path, capsys):
     assert list(rows[0]) == list(METRICS) and len(rows) == 1
 
 
+def test_davis_folder_scores_the_image_set_of_set_in_its_order(tmp_path, capsys):
+    """As the official evaluator: in a DAVIS 2017 folder, --set SET scores the sequences of
+    ImageSets/2017/SET.txt in that file's order (train sequences need no prediction);
+    --sequences FILE says it explicitly; without either, every sequence folder is scored."""
+    gt, pred = _hand_case()
+    root = tmp_path / "DAVIS"
+    ann = root / "Annotations" / "480p"
+    for seq in ("bravo", "alpha", "train-only"):
+        write_label_dir(ann / seq, gt)
+    for seq in ("bravo", "alpha"):
+        write_label_dir(tmp_path / "pred" / seq, pred)
+    sets = root / "ImageSets" / "2017"
+    sets.mkdir(parents=True)
+    (sets / "val.txt").write_text("bravo\nalpha\n")
+    out = tmp_path / "scores"
+    argv = ["eval", "--gt", str(ann), "--pred", str(tmp_path / "pred"), "--no-progress"]
+    assert main([*argv, "--davis-csv", str(out)]) == 0
+    assert "scoring the sequences of" in capsys.readouterr().err
+    per = (out / "per-sequence_results-val.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in per[1:]] == [
+        f"{s}_{i}" for s in ("bravo", "alpha") for i in (1, 2, 3)
+    ]
+    # another set without its list file: every folder, so the train-only one needs a prediction
+    assert main([*argv, "--set", "train"]) == 2
+    assert "no prediction for sequence 'train-only'" in capsys.readouterr().err
+    listing = tmp_path / "mine.txt"
+    listing.write_text("alpha\n")
+    assert (
+        main(
+            [*argv, "--set", "train", "--sequences", str(listing), "--csv", str(tmp_path / "a.csv")]
+        )
+        == 0
+    )
+    assert "bravo" not in (tmp_path / "a.csv").read_text()
+    listing.write_text("alpha\nzulu\n")
+    assert main([*argv, "--sequences", str(listing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "1 listed sequence(s) not in the ground truth" in err and "zulu" in err
+    assert main([*argv, "--sequences", str(tmp_path / "none.txt")]) == 2
+    assert "--sequences: sequence list not found" in capsys.readouterr().err
+
+
 def test_bound_th_radius_rules(capsys, tmp_path):
     # diagonal of 480x854 = 979.6..; 0.008 * 979.6 = 7.84 -> 8 pixels
     assert disk_radius((480, 854)) == 8 == oracle_radius((480, 854), 0.008)

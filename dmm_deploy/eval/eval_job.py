@@ -39,7 +39,18 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
         default="val",
-        help="the SET in the --davis-csv file names (default: val)",
+        help="the DAVIS subset (default: val): names the --davis-csv files, and when --gt is "
+        "a DAVIS 2017 folder's Annotations/<resolution> with ImageSets/2017/SET.txt beside it, "
+        "only the sequences listed there are scored, in its order, as the official evaluator "
+        "does",
+    )
+    p.add_argument(
+        "--sequences",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="score only the sequences named in FILE (one per line, e.g. ImageSets/2017/val.txt), "
+        "in its order (default: as --set says, else every sequence folder of --gt)",
     )
     p.add_argument(
         "--all-frames",
@@ -74,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate ``args.pred`` against ``args.gt``, print the table, write the CSV files asked
     for (``args.csv``, ``args.davis_csv``)."""
     from dmm_deploy.data.output import check_output_path
-    from dmm_deploy.eval.folders import evaluate_dirs
+    from dmm_deploy.eval.folders import davis_image_set, evaluate_dirs, read_image_set
     from dmm_deploy.eval.metrics import disk_radius
 
     try:
@@ -88,9 +99,22 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.csv, "--csv", "file")
     if args.davis_csv is not None:
         check_output_path(args.davis_csv, "--davis-csv", "folder")
+    listing = args.sequences
+    if listing is None:
+        listing = davis_image_set(args.gt, args.set)
+        if listing is not None:
+            print(
+                f"scoring the sequences of {listing} (--set {args.set}), as the official evaluator",
+                file=sys.stderr,
+            )
+    try:
+        sequences = None if listing is None else read_image_set(listing)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--sequences: {e}") from None
     results = evaluate_dirs(
         args.gt,
         args.pred,
+        sequences=sequences,
         exclude_first_last=not args.all_frames,
         bound_th=args.bound_th,
         include_late=args.include_late,

@@ -30,7 +30,13 @@ from dmm_deploy.eval.evaluate import (
     unknown_ids,
 )
 
-__all__ = ["evaluate_dirs", "find_sequences", "load_prediction"]
+__all__ = [
+    "davis_image_set",
+    "evaluate_dirs",
+    "find_sequences",
+    "load_prediction",
+    "read_image_set",
+]
 
 
 def find_sequences(root: str | Path, what: str = "folder") -> dict[str, Path]:
@@ -54,6 +60,37 @@ def find_sequences(root: str | Path, what: str = "folder") -> dict[str, Path]:
     if not seqs:
         raise DataFileError(root, f"no PNG label maps in {what} {root} or its sub-folders")
     return seqs
+
+
+def read_image_set(path: str | Path) -> list[str]:
+    """Sequence names of an ``ImageSets/2017/<set>.txt``-style file: one per line, in order
+    (blank lines skipped, surrounding spaces stripped).
+
+    Raises:
+        FileNotFoundError: no such file.
+        DataFileError: the file names no sequence, or one twice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sequence list not found: {path}")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DataFileError(path, f"sequence list {path} names no sequence")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataFileError(path, f"sequence list {path} names {dup[0]!r} more than once")
+    return names
+
+
+def davis_image_set(gt: str | Path, subset: str) -> Path | None:
+    """``<root>/ImageSets/2017/<subset>.txt`` when ``gt`` is ``<root>/Annotations/<resolution>``
+    of a DAVIS 2017 folder and that file exists (the sequences the official evaluator scores
+    for ``--set <subset>``); else None."""
+    gt = Path(gt).resolve()
+    if gt.parent.name != "Annotations":
+        return None
+    path = gt.parent.parent / "ImageSets" / "2017" / f"{subset}.txt"
+    return path if path.is_file() else None
 
 
 def load_prediction(
@@ -98,6 +135,7 @@ def evaluate_dirs(
     include_late: bool = False,
     progress: bool = False,
     strict: bool = False,
+    sequences: list[str] | None = None,
 ) -> EvalResults:
     """Evaluate predicted palette PNGs against DAVIS ground truth folders.
 
@@ -114,6 +152,10 @@ def evaluate_dirs(
             ``warnings``: predicted ids that are not ground-truth objects (in the scored
             frames), extra predicted frames or sequences, a partial prediction folder, a
             sequence whose first ground-truth frame holds no object.
+        sequences: score only these sequences of ``gt``, in this order (the official
+            evaluator's ``ImageSets/2017/<set>.txt``, :func:`read_image_set`); default every
+            sequence folder of ``gt``, sorted by name. Predicted sequences outside it are
+            extra.
 
     Returns:
         :class:`~dmm_deploy.eval.evaluate.EvalResults` (``warnings`` lists what was not
@@ -135,6 +177,15 @@ def evaluate_dirs(
 
     gt, pred = Path(gt), Path(pred)
     gt_seqs = find_sequences(gt, "ground-truth folder")
+    if sequences is not None:
+        missing = [s for s in sequences if s not in gt_seqs]
+        if missing:
+            raise DataFileError(
+                gt / missing[0],
+                f"{len(missing)} listed sequence(s) not in the ground truth {gt}: "
+                + ", ".join(missing[:5]),
+            )
+        gt_seqs = {s: gt_seqs[s] for s in sequences}
     if not pred.is_dir():
         raise FileNotFoundError(f"prediction folder not found: {pred}")
     single = len(gt_seqs) == 1 and next(iter(gt_seqs.values())) == gt

@@ -473,6 +473,29 @@ def _same_folder(a: Path | str, b: Path) -> bool:
         return False
 
 
+def _refuse_input_overlap(opts: SegmentOptions) -> None:
+    """Refuse an ``--overlay`` that is one of the run's input files or lies in an input folder
+    (frames, annotations, bundle, checkpoint): writing it would destroy or pollute an input."""
+    files = [
+        ("--mask", opts.mask),
+        ("--proposals", opts.precomputed),
+        ("--maskrcnn-weights", Path(opts.maskrcnn_weights) if opts.maskrcnn_weights else None),
+    ]
+    folders = [("--annotations", opts.annotations), ("--bundle", opts.bundle)]
+    for name, path in (("--frames", opts.frames), ("--checkpoint", opts.checkpoint)):
+        if isinstance(path, Path) and not is_stream(path):
+            (folders if path.is_dir() else files).append((name, path))
+    target = opts.overlay.resolve()
+    for name, path in files:
+        if path is not None and Path(path).resolve() == target:
+            raise ValueError(f"--overlay {opts.overlay} is the {name} file; choose another file")
+    for name, path in folders:
+        if path is not None and Path(path).resolve() in target.parents:
+            raise ValueError(
+                f"--overlay {opts.overlay} lies in the {name} folder {path}; choose another place"
+            )
+
+
 def check_inputs(opts: SegmentOptions) -> _Inputs:
     """Every check that needs no model: files, sizes, first mask, output folder, overlay.
 
@@ -561,7 +584,9 @@ def check_inputs(opts: SegmentOptions) -> _Inputs:
     folder.check()
     if opts.overlay is not None:
         check_output_path(opts.overlay, "--overlay", "file")
-        if opts.overlay.exists() and not (opts.overwrite or opts.resume):
+        _refuse_input_overlap(opts)
+        # an interrupted run writes no overlay: an existing file is never this run's own
+        if opts.overlay.exists() and not opts.overwrite:
             raise ValueError(
                 f"--overlay {opts.overlay} exists: pass --overwrite to replace it, or choose "
                 "another file"

@@ -182,6 +182,10 @@ CASES = [
     ("overlay-below-file", lambda w, o: seg(w, o, overlay=w["file"] / "o.mp4"), r"--overlay .*o\.mp4 lies below the file .*a_file\.txt"),
     ("overlay-exists", lambda w, o: seg(w, o, overlay=w["big_mask"]), r"--overlay .*big\.png exists: pass --overwrite"),
     ("overlay-in-out", lambda w, o: seg(w, o, overlay=o / "strip.png"), r"--overlay .*strip\.png lies in --out: a PNG strip would be mixed with the masks"),
+    ("overlay-is-mask", lambda w, o: seg(w, o, overlay=w["mask"], overwrite=True), r"--overlay .* is the --mask file; choose another file"),
+    ("overlay-in-frames", lambda w, o: seg(w, o, overlay=w["frames"] / "strip.png"), r"--overlay .*strip\.png lies in the --frames folder"),
+    ("overlay-exists-resume", lambda w, o: seg(w, o, overlay=w["big_mask"], resume=True, input_size="64x112"), r"--overlay .*big\.png exists: pass --overwrite"),
+    ("resume-new-out", lambda w, o: seg(w, o, resume=True), r"--resume: --out .* does not exist: there is no unfinished run"),
     ("bundle-missing", lambda w, o: seg(w, o, bundle=w["file"].parent / "nobundle", random_weights=None), r"--bundle not found: .*nobundle \(expected a folder\)"),
     ("bundle-no-manifest", lambda w, o: seg(w, o, bundle=w["bundle_empty"], random_weights=None), r"--bundle .*bundle_empty has no manifest\.json: expected a folder written by dmm-deploy export-model"),
     ("bundle-and-backbone", lambda w, o: seg(w, o, bundle=w["bundle"], random_weights=None, backbone="resnet18"), r"--backbone does not go with --bundle: the bundle fixes the model"),
@@ -231,6 +235,7 @@ PREPARED = {  # out folders that exist before the case
     "overwrite-deletes-mask": _finished,
     "out-partial-not-empty": _partial,
     "resume-other-settings": _partial,
+    "overlay-exists-resume": _partial,
 }
 
 

@@ -156,6 +156,11 @@ class ResultFolder:
         check_output_path(self.path, self.arg, "folder")
         if self.path.is_dir():
             self._check_contents()
+        elif self.resume:
+            raise ValueError(
+                f"--resume: {self.arg} {self.path} does not exist: there is no unfinished run to "
+                "continue (start without --resume, or name the run's folder)"
+            )
 
     def _entries(self) -> list[Path]:
         return [e for e in self.path.iterdir() if e.name != LOCK_FILE and not _TMP.match(e.name)]
@@ -170,7 +175,10 @@ class ResultFolder:
                         f"--resume: {self.arg} {self.path} holds no unfinished run (no "
                         f"{PARTIAL_MARKER}); use --overwrite to replace it"
                     )
-                return
+                raise ValueError(
+                    f"--resume: {self.arg} {self.path} is empty: there is no unfinished run to "
+                    "continue (start without --resume, or name the run's folder)"
+                )
             old = marker.get("settings")
             if old is not None and old != self.settings:
                 diff = [

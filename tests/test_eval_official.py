@@ -308,8 +308,14 @@ def test_davis_folder_scores_the_image_set_of_set_in_its_order(tmp_path, capsys)
     assert [r.split(",")[0] for r in per[1:]] == [
         f"{s}_{i}" for s in ("bravo", "alpha") for i in (1, 2, 3)
     ]
-    # another set without its list file: every folder, so the train-only one needs a prediction
+    # a set without its list file in a DAVIS folder: refused (a misspelt set)
     assert main([*argv, "--set", "train"]) == 2
+    assert "--set train: " in capsys.readouterr().err
+    # outside a DAVIS folder every sequence folder is scored: train-only needs a prediction
+    alt = ["eval", "--gt", str(tmp_path / "plain"), "--pred", str(tmp_path / "pred")]
+    for seq in ("bravo", "train-only"):
+        write_label_dir(tmp_path / "plain" / seq, gt)
+    assert main([*alt, "--no-progress"]) == 2
     assert "no prediction for sequence 'train-only'" in capsys.readouterr().err
     listing = tmp_path / "mine.txt"
     listing.write_text("alpha\n")
@@ -429,3 +435,37 @@ def test_include_late_adds_later_objects_and_keeps_the_official_ones(tmp_path, c
     argv = ["eval", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")]
     assert main([*argv, "--include-late", "--no-progress"]) == 0
     assert "s_4" in capsys.readouterr().out
+
+
+def test_eval_outputs_never_replace_inputs_or_each_other(tmp_path, capsys):
+    gt, pred = _hand_case()
+    write_label_dir(tmp_path / "gt" / "s", gt)
+    write_label_dir(tmp_path / "pred" / "s", pred)
+    listing = tmp_path / "list.txt"
+    listing.write_text("s\n")
+    out = tmp_path / "scores"
+    out.mkdir()
+    (out / "global_results-val.csv").write_text("earlier")
+    argv = ["eval", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred"), "--no-progress"]
+    first_gt = tmp_path / "gt" / "s" / "00000.png"
+    before = first_gt.read_bytes()
+    cases = [
+        (["--csv", str(first_gt)], r"--csv .*00000\.png lies in the --gt folder"),
+        (["--csv", str(tmp_path / "pred" / "x.csv")], r"--csv .* lies in the --pred folder"),
+        (["--csv", str(listing), "--sequences", str(listing)], r"--csv .* is the --sequences file"),
+        (["--davis-csv", str(out)], r"--davis-csv .* already holds global_results-val\.csv"),
+        (["--davis-csv", str(tmp_path / "new"), "--csv", str(tmp_path / "new" / "global_results-val.csv")], r"is also written by --csv"),
+        (["--bound-th", "inf"], r"--bound-th must be a fraction of the diagonal \(< 1\) or at most 1024 pixels"),
+    ]  # fmt: skip
+    import re
+
+    for extra, pattern in cases:
+        assert main([*argv, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and re.search(pattern, err), err
+    assert first_gt.read_bytes() == before and listing.read_text() == "s\n"
+    assert (out / "global_results-val.csv").read_text() == "earlier"
+    # a root holding PNGs and sequence folders is ambiguous
+    write_label_dir(tmp_path / "gt", gt)
+    assert main(argv) == 2
+    assert "holds both PNGs and sequence folders" in capsys.readouterr().err

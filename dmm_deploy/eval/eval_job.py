@@ -81,6 +81,24 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
+def _refuse_overlap(targets, inputs, sequences) -> None:
+    """No output file may be an input: inside ``--gt``/``--pred``, the ``--sequences`` list, or
+    another output (``--csv`` equal to a ``--davis-csv`` file)."""
+    seen: dict[Path, str] = {}
+    for arg, path in targets:
+        r = path.resolve()
+        if r in seen:
+            raise ValueError(f"{arg} {path} is also written by {seen[r]}; choose another file")
+        seen[r] = arg
+        if sequences is not None and r == Path(sequences).resolve():
+            raise ValueError(f"{arg} {path} is the --sequences file; choose another file")
+        for name, folder in inputs:
+            if folder.resolve() in r.parents:
+                raise ValueError(
+                    f"{arg} {path} lies in the {name} folder {folder}; write it elsewhere"
+                )
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate ``args.pred`` against ``args.gt``, print the table, write the CSV files asked
     for (``args.csv``, ``args.davis_csv``)."""
@@ -95,10 +113,22 @@ def run(args: argparse.Namespace) -> int:
     if args.set != Path(args.set).name or args.set in ("", ".", ".."):
         raise ValueError(f"--set must be a plain name (used in file names), got {args.set!r}")
     # before the work, not after the table
+    inputs = [("--gt", Path(args.gt)), ("--pred", Path(args.pred))]
+    targets = []
     if args.csv is not None:
         check_output_path(args.csv, "--csv", "file")
+        targets.append(("--csv", Path(args.csv)))
     if args.davis_csv is not None:
         check_output_path(args.davis_csv, "--davis-csv", "folder")
+        for name in (f"global_results-{args.set}.csv", f"per-sequence_results-{args.set}.csv"):
+            path = Path(args.davis_csv) / name
+            if path.exists():
+                raise ValueError(
+                    f"--davis-csv {args.davis_csv} already holds {name}; choose another folder "
+                    "or move the file"
+                )
+            targets.append(("--davis-csv", path))
+    _refuse_overlap(targets, inputs, args.sequences)
     listing = args.sequences
     if listing is None:
         listing = davis_image_set(args.gt, args.set)

@@ -54,9 +54,15 @@ def find_sequences(root: str | Path, what: str = "folder") -> dict[str, Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{what} not found: {root}")
-    if list_images(root, (".png",)):
-        return {root.resolve().name: root}
     seqs = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and list_images(d, (".png",))}
+    if list_images(root, (".png",)):
+        if seqs:
+            raise DataFileError(
+                root,
+                f"{what} {root} holds both PNGs and sequence folders ({next(iter(seqs))}, ...): "
+                "expected one sequence's PNGs or a root of sequence folders",
+            )
+        return {root.resolve().name: root}
     if not seqs:
         raise DataFileError(root, f"no PNG label maps in {what} {root} or its sub-folders")
     return seqs
@@ -85,12 +91,22 @@ def read_image_set(path: str | Path) -> list[str]:
 def davis_image_set(gt: str | Path, subset: str) -> Path | None:
     """``<root>/ImageSets/2017/<subset>.txt`` when ``gt`` is ``<root>/Annotations/<resolution>``
     of a DAVIS 2017 folder and that file exists (the sequences the official evaluator scores
-    for ``--set <subset>``); else None."""
+    for ``--set <subset>``); None outside a DAVIS folder. Raises ``ValueError`` when the folder
+    has ``ImageSets/2017`` but no list for ``subset`` (a misspelt set)."""
     gt = Path(gt).resolve()
     if gt.parent.name != "Annotations":
         return None
-    path = gt.parent.parent / "ImageSets" / "2017" / f"{subset}.txt"
-    return path if path.is_file() else None
+    sets = gt.parent.parent / "ImageSets" / "2017"
+    path = sets / f"{subset}.txt"
+    if path.is_file():
+        return path
+    if sets.is_dir():
+        known = sorted(p.stem for p in sets.glob("*.txt"))
+        raise ValueError(
+            f"--set {subset}: {sets} has no {subset}.txt (it lists {', '.join(known) or 'none'}); "
+            "pass the set to score, or --sequences FILE"
+        )
+    return None
 
 
 def load_prediction(
@@ -208,7 +224,9 @@ def evaluate_dirs(
         if extra:
             warn(
                 pred / extra[0],
-                f"{len(extra)} predicted sequence(s) not in the ground truth, not scored: "
+                f"{len(extra)} predicted sequence(s) not "
+                + ("in the sequence list" if sequences is not None else "in the ground truth")
+                + ", not scored: "
                 + ", ".join(extra[:5]),
             )
     for d in dict.fromkeys(pred_dirs.values()):

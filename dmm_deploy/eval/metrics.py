@@ -43,6 +43,11 @@ def disk(radius: int) -> np.ndarray:
     return d[:, None] ** 2 + d[None, :] ** 2 <= r * r
 
 
+MAX_BOUND_PIXELS = 1024
+"""Largest boundary tolerance in pixels (the official value is ~8 at 480p): a disk beyond it is
+larger than any DAVIS frame and only costs time."""
+
+
 def disk_radius(shape: tuple[int, int], bound_th: float = 0.008) -> int:
     """Tolerance radius in pixels: ``ceil(bound_th * sqrt(H**2 + W**2))``, or ``bound_th`` if >= 1.
 
@@ -51,6 +56,11 @@ def disk_radius(shape: tuple[int, int], bound_th: float = 0.008) -> int:
     """
     if not bound_th > 0:
         raise ValueError(f"bound_th must be > 0, got {bound_th}")
+    if not bound_th <= MAX_BOUND_PIXELS:
+        raise ValueError(
+            f"bound_th must be a fraction of the diagonal (< 1) or at most {MAX_BOUND_PIXELS} "
+            f"pixels, got {bound_th}"
+        )
     if bound_th >= 1:
         if bound_th != int(bound_th):
             raise ValueError(

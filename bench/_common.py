@@ -186,3 +186,14 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def pingpong(n_available: int, n_wanted: int) -> list[int]:
+    """Frame indices ``0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...`` (``n_wanted`` of them): a
+    longer video from a short clip without a jump."""
+    if n_available < 1 or n_wanted < 1:
+        raise ValueError("need at least one frame")
+    if n_available == 1:
+        return [0] * n_wanted
+    period = 2 * (n_available - 1)
+    return [i if i < n_available else period - i for i in (k % period for k in range(n_wanted))]

@@ -54,6 +54,7 @@ from _common import (
     machine_info,
     machine_markdown,
     markdown_table,
+    pingpong,
     pyplot,
     summarize,
     write_csv,
@@ -78,17 +79,6 @@ COLUMNS = [
     "device", "backbone", "threads", "input_size", "stage",
     "median_ms", "p20_ms", "p80_ms", "samples", "share_pct", "fps",
 ]  # fmt: skip
-
-
-def pingpong(n_available: int, n_wanted: int) -> list[int]:
-    """Frame indices ``0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...`` (``n_wanted`` of them): a
-    longer video from a short clip without a jump."""
-    if n_available < 1 or n_wanted < 1:
-        raise ValueError("need at least one frame")
-    if n_available == 1:
-        return [0] * n_wanted
-    period = 2 * (n_available - 1)
-    return [i if i < n_available else period - i for i in (k % period for k in range(n_wanted))]
 
 
 class StageTimer:

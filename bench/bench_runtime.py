@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_OUT, REPO_ROOT, machine_info, machine_markdown
+from _common import DEFAULT_OUT, REPO_ROOT, machine_info, machine_markdown, pingpong
 
 SAMPLES = REPO_ROOT.parent / "shared" / "data" / "vos_samples"
 STAGE_NAMES = ("encoder", "proposals", "features_cost", "matching", "refinement", "merge")
@@ -75,11 +75,6 @@ def detector(size: int):
     from dmm_deploy.model import MaskRCNNProposals
 
     return MaskRCNNProposals(None, min_size=size, max_size=round(size * 1333 / 800))
-
-
-def pingpong(n_available: int, n_wanted: int) -> list[int]:
-    period = max(1, 2 * (n_available - 1))
-    return [i if i < n_available else period - i for i in (k % period for k in range(n_wanted))]
 
 
 def clear_optimized_cache(bundle: Path) -> None:
@@ -217,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         masks = rng.uniform(0, 1, (100, 28, 28)).astype(np.float32)
         dets.append(Detections(boxes.astype(np.float32), rng.uniform(0, 1, 100), masks, "box"))
     npz = tmp / "bike.npz"
-    save_precomputed(npz, dets, (h, w))
+    # one entry per frame of the ping-pong video the workers play (frame k shows clip frame
+    # pingpong[k]): every timed frame has its 100 detections
+    save_precomputed(npz, [dets[i] for i in pingpong(len(frames), args.frames)], (h, w))
 
     configs = [(b, t, "precomputed") for b in args.backbones for t in args.threads]
     if args.maskrcnn_size:

@@ -431,3 +431,22 @@ def test_result_folder_rules(tmp_path):
     fresh.open()
     fresh.release(discard_if_empty=True)  # setup failed before any frame: no trace left
     assert not (tmp_path / "new").exists()
+
+
+def test_precomputed_detections_refuse_frames_beyond_their_video(tmp_path):
+    """A detections file records its video's length: asking for a later frame (the file of a
+    shorter video) is one clear error, not a silent run without proposals."""
+    from dmm_deploy.data.detections import PrecomputedFile, write_precomputed
+
+    path = tmp_path / "d.npz"
+    boxes = np.array([[1, 2, 10, 12]], np.float32)
+    write_precomputed(
+        path, np.array([1]), boxes, np.ones(1), np.ones((1, 28, 28)), "box", (20, 30), 4
+    )
+    det = PrecomputedFile(path)
+    frame = np.zeros((20, 30, 3), np.uint8)
+    assert len(det.frame_arrays(0, frame)[0]) == 0 and len(det.frame_arrays(1, frame)[0]) == 1
+    assert len(det.frame_arrays(3, frame)[0]) == 0
+    with pytest.raises(ValueError, match=r"frame 4 is beyond the 4 frames of .*d\.npz") as e:
+        det.frame_arrays(4, frame)
+    assert "\n" not in str(e.value)

@@ -67,6 +67,7 @@ class PrecomputedFile:
         self.image_size = tuple(int(v) for v in arrays["image_size"])
         self.kind = kind
         self.num_frames = int(arrays.get("num_frames", frame.max(initial=-1) + 1))
+        self._length_known = "num_frames" in arrays  # files of other writers may lack it
         order = np.argsort(frame, kind="stable")
         self._frame = frame[order]
         self._boxes = boxes[order].astype(np.float32)
@@ -77,11 +78,17 @@ class PrecomputedFile:
         self, index: int, frame: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Frame ``index``'s ``boxes (N, 4)``, ``scores (N,)`` and ``masks`` (probabilities;
-        uint8 masks divided by 255), float32; ``frame`` must have the stored ``image_size``."""
+        uint8 masks divided by 255), float32; ``frame`` must have the stored ``image_size`` and,
+        when the file records its ``num_frames``, ``index`` must be below it."""
         if tuple(frame.shape[:2]) != self.image_size:
             raise ValueError(
                 f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the proposals in "
                 f"{self.path} are for {self.image_size[1]}x{self.image_size[0]} frames"
+            )
+        if self._length_known and not 0 <= index < self.num_frames:
+            raise ValueError(
+                f"frame {index} is beyond the {self.num_frames} frames of {self.path}: these "
+                "detections belong to a shorter video"
             )
         lo, hi = np.searchsorted(self._frame, [index, index + 1])
         masks = self._masks[lo:hi]

@@ -29,14 +29,93 @@ from dmm_deploy.data.detections import PrecomputedFile
 from dmm_deploy.runtime.imaging import nms, paste_box_masks, resize, tight_boxes
 
 __all__ = [
+    "MASKRCNN_SINGLE_IO",
+    "MASKRCNN_SPLIT_IO",
     "Detections",
     "MaskRCNNDetector",
     "MaskRCNNStage",
     "PrecomputedDetections",
     "Proposals",
+    "check_maskrcnn_spec",
     "maskrcnn_source",
     "prepare_proposals",
 ]
+
+
+MASKRCNN_SPLIT_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "detector": (
+        ("image",),
+        (*(f"feature{i}" for i in range(4)), "rpn_logits", "rpn_index", "rpn_deltas"),
+    ),
+    "proposals": (
+        (*(f"feature{i}" for i in range(4)), "rpn_boxes", "rpn_scores", "image_size"),
+        ("boxes", "scores", "masks", "valid"),
+    ),
+}
+"""What :class:`MaskRCNNDetector` feeds its two graphs (input names) and reads (outputs)."""
+
+MASKRCNN_SINGLE_IO: tuple[tuple[str, ...], tuple[str, ...]] = (
+    ("image",),
+    ("boxes", "scores", "masks"),
+)
+"""What :class:`MaskRCNNStage` feeds the single ``proposals`` graph and reads from it."""
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _reals(value, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n and all(_is_real(v) for v in value)
+
+
+def check_maskrcnn_spec(spec: dict) -> None:
+    """Check a split Mask R-CNN ``proposals`` entry (the settings :class:`MaskRCNNDetector`
+    reads); raises ``ValueError`` with one line ``proposals.<field> must be ..., got ...``.
+
+    ``min_size``, ``max_size``, ``size_divisible``: positive integers; ``image_mean``: three
+    numbers, ``image_std`` three positive ones; ``cell_anchors``: one list of ``[x1, y1, x2, y2]``
+    anchors per RPN level, at least 4 levels (the FPN's ``feature0..3``); ``rpn_weights``: four
+    positive numbers; ``rpn_clip``, ``rpn_score_thresh``: numbers; ``rpn_min_size``: a
+    non-negative number; ``stage``/``detector_stage``, when given: ``"proposals"``/``"detector"``
+    (the graphs the runtime runs)."""
+
+    def bad(field: str, expected: str) -> ValueError:
+        text = repr(spec.get(field)) if field in spec else "nothing"
+        text = text if len(text) <= 60 else text[:57] + "..."
+        return ValueError(f"proposals.{field} must be {expected}, got {text}")
+
+    for field in ("min_size", "max_size", "size_divisible"):
+        if not _is_int(spec.get(field)) or spec[field] < 1:
+            raise bad(field, "a positive integer")
+    if not _reals(spec.get("image_mean"), 3):
+        raise bad("image_mean", "three numbers")
+    if not _reals(spec.get("image_std"), 3) or min(spec["image_std"]) <= 0:
+        raise bad("image_std", "three positive numbers")
+    anchors = spec.get("cell_anchors")
+    if not (
+        isinstance(anchors, list)
+        and len(anchors) >= 4
+        and all(
+            isinstance(level, list) and level and all(_reals(a, 4) for a in level)
+            for level in anchors
+        )
+    ):
+        raise bad("cell_anchors", "a list of [x1, y1, x2, y2] anchors per level, >= 4 levels")
+    if not _reals(spec.get("rpn_weights"), 4) or min(spec["rpn_weights"]) <= 0:
+        raise bad("rpn_weights", "four positive numbers")
+    for field in ("rpn_clip", "rpn_score_thresh"):
+        if not _is_real(spec.get(field)):
+            raise bad(field, "a number")
+    if not _is_real(spec.get("rpn_min_size")) or spec["rpn_min_size"] < 0:
+        raise bad("rpn_min_size", "a non-negative number")
+    for field, graph in (("stage", "proposals"), ("detector_stage", "detector")):
+        if field in spec and spec[field] != graph:
+            raise bad(field, f"{graph!r} (the graph the runtime runs)")
 
 
 class Detections(NamedTuple):
@@ -96,7 +175,9 @@ class MaskRCNNDetector:
     :class:`dmm_deploy.model.MaskRCNNProposals` computes, up to the order of near-tied scores.
 
     ``spec``: the manifest's ``proposals`` entry (transform sizes, mean/std, anchors, RPN
-    settings); ``detector``/``heads``: runners (``run(feeds) -> dict``) of the two graphs.
+    settings; :meth:`dmm_deploy.runtime.Bundle.load` checks a bundle's with
+    :func:`check_maskrcnn_spec`); ``detector``/``heads``: runners (``run(feeds) -> dict``) of
+    the two graphs.
     """
 
     def __init__(self, spec: dict, detector, heads) -> None:

@@ -51,6 +51,7 @@ from dmm_deploy.progress import Progress, plural
 __all__ = [
     "BACKBONES",
     "MAX_SIDE",
+    "MAX_THREADS",
     "RANDOM_SEED",
     "SegmentOptions",
     "SegmentSummary",
@@ -59,6 +60,8 @@ __all__ = [
     "build_model",
     "build_proposals",
     "build_segmenter",
+    "check_threads",
+    "first_line",
     "options_from_args",
     "parse_proposals",
     "parse_size",
@@ -72,6 +75,16 @@ RANDOM_SEED = 0
 
 BACKBONES = ("resnet101", "resnet50", "resnet34", "resnet18")
 """Encoders of DMM-Net (as ``dmm_deploy.model.BACKBONES``; listed here to stay torch-free)."""
+
+MAX_THREADS = 256
+"""Largest ``--threads``: more threads than this per stage only exhaust the machine."""
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads`` is None (the backend's default) or in 1..:data:`MAX_THREADS`."""
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"--threads must be in 1..{MAX_THREADS}, got {threads}")
+
 
 MAX_SIDE = 2048
 """Largest ``--input-size`` side and ``--detector-size``: beyond it a frame's features no longer
@@ -304,8 +317,7 @@ class SegmentOptions:
             raise ValueError(f"--compat must be 'original' or 'default', got {self.compat!r}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"--max-frames must be >= 1, got {self.max_frames}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        check_threads(self.threads)
         if not 32 <= self.detector_size <= MAX_SIDE:
             raise ValueError(
                 f"--detector-size must be in 32..{MAX_SIDE} pixels, got {self.detector_size}"
@@ -635,12 +647,12 @@ def build_model(opts: SegmentOptions):
             if "shape" in text:  # the model layer's own list of mismatches: kept whole
                 text += f" (is --backbone {opts.backbone} the checkpoint's?)"
             else:  # e.g. torch's many-line unpickling message: its beginning
-                text = _first_line(e)
+                text = first_line(e)
             raise ValueError(text) from e
         except Exception as e:  # unpickling / zip / torch errors of a garbage file
             raise ValueError(
                 f"--checkpoint {opts.checkpoint} is not a readable DMM-Net checkpoint: "
-                f"{_first_line(e)}"
+                f"{first_line(e)}"
             ) from e
     return net.eval()
 
@@ -669,11 +681,12 @@ def build_proposals(opts: SegmentOptions):
     except Exception as e:  # garbage file (unpickling), another model's state dict, download
         raise ValueError(
             f"--maskrcnn-weights {opts.maskrcnn_weights}: not usable as torchvision Mask R-CNN "
-            f"{opts.maskrcnn_version} weights ({_first_line(e)})"
+            f"{opts.maskrcnn_version} weights ({first_line(e)})"
         ) from e
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's text (at most 240 characters)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     text = lines[0] if lines else type(e).__name__
     return text if len(text) <= 240 else text[:237] + "..."
@@ -692,7 +705,7 @@ def build_segmenter(opts: SegmentOptions, timings: dict[str, float] | None = Non
         try:
             seg = build_runtime(opts)
         except (RuntimeError, ImportError) as e:  # no provider / backend library: one line
-            raise ValueError(f"--bundle {opts.bundle}: {_first_line(e)}") from e
+            raise ValueError(f"--bundle {opts.bundle}: {first_line(e)}") from e
         timings["runtime"] = time.perf_counter() - t
         return seg
     import torch
@@ -943,7 +956,7 @@ def run_segment(opts: SegmentOptions) -> SegmentSummary:
             reason = (
                 f"interrupted after {of} frames"
                 if isinstance(e, KeyboardInterrupt)
-                else f"stopped after {of} frames: {_first_line(e)}"
+                else f"stopped after {of} frames: {first_line(e)}"
             )
             folder.mark_partial(reason)
             folder.release()
@@ -981,5 +994,5 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_segment(options_from_args(args))
     except ImportError as e:  # a video without imageio-ffmpeg
-        raise ValueError(_first_line(e)) from e
+        raise ValueError(first_line(e)) from e
     return 0

@@ -252,6 +252,77 @@ def test_export_model_job_arguments(tmp_path):
         bundle_job.run(args)
 
 
+def test_export_model_refuses_what_it_would_lose_or_ignore(tmp_path):
+    import argparse
+
+    from dmm_deploy.export import bundle_job
+
+    parser = argparse.ArgumentParser()
+    bundle_job.add_args(parser)
+    base = ["--random-weights", "--backbone", "resnet18", "--input-size", "64x64"]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "manifest.json").write_text("my own file")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"format": "dmm-deploy-bundle"}))
+    cases = [
+        (["--out", str(notes)], r"--out .*notes is not empty and holds no bundle"),
+        (["--out", str(old)], r"--out .*old holds a bundle: pass --overwrite"),
+        (["--out", ""], r"--out must name a folder"),
+        (["--out", str(tmp_path / "b"), "--maskrcnn-weights", "x.pth"], r"--maskrcnn-weights applies only with --proposals maskrcnn"),
+        (["--out", str(tmp_path / "b"), "--detector-size", "100000"], r"--detector-size applies only"),
+        (["--out", str(tmp_path / "b"), "--proposals", "maskrcnn", "--detector-size", "32"], r"--detector-size must be in 64\.\.2048"),
+        (["--out", str(tmp_path / "b"), "--threads", "100000"], r"--threads must be in 1\.\.256"),
+        (["--out", str(tmp_path / "b"), "--input-size", "20000x20000"], r"--input-size must be at most 2048x2048"),
+        (["--out", str(tmp_path / "b"), "--seed", str(2**70)], r"--seed must be in 0\.\.2\*\*63-1"),
+    ]  # fmt: skip
+    for extra, pattern in cases:
+        with pytest.raises(ValueError, match=pattern):
+            bundle_job.run(parser.parse_args([*base, *extra]))
+    assert (notes / "manifest.json").read_text() == "my own file"
+
+
+def test_export_model_replaces_a_bundle_only_after_a_successful_export(tmp_path, monkeypatch):
+    """The new bundle is written beside --out and moved in place at the end: a failed or
+    interrupted export leaves the earlier bundle as it was, and no temporary folder."""
+    import argparse
+
+    from dmm_deploy.export import bundle, bundle_job
+
+    parser = argparse.ArgumentParser()
+    bundle_job.add_args(parser)
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"format": "dmm-deploy-bundle", "v": "old"}))
+    (out / "engines").mkdir()
+    argv = ["--out", str(out), "--overwrite", "--random-weights", "--backbone", "resnet18",
+            "--input-size", "64x64", "--matching-only"]  # fmt: skip
+
+    def failing(net, dest, **kw):
+        (Path(dest) / "encoder.onnx").write_text("half written")
+        raise bundle.BundleExportError("encoder: parity 1 exceeds 1e-4")
+
+    def interrupted(net, dest, **kw):
+        (Path(dest) / "encoder.onnx").write_text("half written")
+        raise KeyboardInterrupt
+
+    def working(net, dest, **kw):
+        (Path(dest) / "manifest.json").write_text(json.dumps({"format": "dmm-deploy-bundle"}))
+
+    monkeypatch.setattr(bundle, "export_bundle", failing)
+    assert bundle_job.run(parser.parse_args(argv)) == 1
+    monkeypatch.setattr(bundle, "export_bundle", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bundle_job.run(parser.parse_args(argv))
+    assert json.loads((out / "manifest.json").read_text())["v"] == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no temporary left
+    monkeypatch.setattr(bundle, "export_bundle", working)
+    assert bundle_job.run(parser.parse_args(argv)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]  # the old engines too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
 def test_export_model_config_follows_compat_and_matching(tmp_path):
     """--compat defaults to the original's pipeline with --checkpoint (as segment does),
     to this project's otherwise; --matching is passed through."""

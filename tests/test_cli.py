@@ -143,7 +143,7 @@ CASES = [
     ("detector-size-small", lambda w, o: seg(w, o, detector_size=8), r"--detector-size must be in 32\.\.2048"),
     ("backbone", lambda w, o: seg(w, o, backbone="vgg16"), r"--backbone must be one of .*resnet101"),
     ("max-frames-zero", lambda w, o: seg(w, o, max_frames=0), r"--max-frames must be >= 1"),
-    ("threads-zero", lambda w, o: seg(w, o, threads=0), r"--threads must be >= 1"),
+    ("threads-zero", lambda w, o: seg(w, o, threads=0), r"--threads must be in 1\.\.256"),
     ("device", lambda w, o: seg(w, o, device="tpu"), r"--device must be 'cpu' or 'cuda'"),
     ("maskrcnn-version", lambda w, o: seg(w, o, maskrcnn_version="v3"), r"--maskrcnn-version must be 'v1' or 'v2'"),
     ("overlay-suffix", lambda w, o: seg(w, o, overlay="x.gif"), r"--overlay must end with \.png .* or \.mp4"),

@@ -337,7 +337,7 @@ def test_corrupt_frame_names_the_file_after_writing_the_frames_before(samples, t
         (["--max-frames", "0"], r"--max-frames must be >= 1"),
         (["--overlay", "x.gif"], r"--overlay must end with \.png .* or \.mp4"),
         (["--device", "tpu"], r"--device must be 'cpu' or 'cuda'"),
-        (["--threads", "0"], r"--threads must be >= 1"),
+        (["--threads", "0"], r"--threads must be in 1\.\.256"),
         (["--detector-size", "8"], r"--detector-size must be in 32\.\.2048"),
         (["--maskrcnn-version", "v3"], r"--maskrcnn-version must be 'v1' or 'v2'"),
     ],

@@ -5,7 +5,7 @@
         [--proposals precomputed|maskrcnn [--maskrcnn-weights FILE|COCO_V1]
          [--maskrcnn-version v1|v2] [--detector-size 800]]
         [--compat original|default] [--matching dmm|exact]
-        [--matching-only] [--seed 0] [--threads 1]
+        [--matching-only] [--seed 0] [--threads 1] [--overwrite]
 
 Every graph passes onnx.checker, the TensorRT 10.3 / 11.0 parser check and a parity check
 against torch (onnxruntime CPU); a failure exits non-zero. torch is imported inside ``run``.
@@ -14,16 +14,66 @@ against torch (onnxruntime CPU); a failure exits non-zero. torch is imported ins
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
+
+from dmm_deploy.segment_job import MAX_SIDE, check_threads, first_line, parse_size
 
 __all__ = ["add_args", "model_config", "run"]
 
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101")
 
+MIN_DETECTOR_SIDE = 64
+"""Smallest ``--detector-size`` exported: at 32 the random detector's pyramid levels are 1x1
+and its export parity check fails (``segment`` runs the torch detector down to 32)."""
+
+MASKRCNN_DEFAULTS = {"maskrcnn_weights": None, "maskrcnn_version": "v1", "detector_size": 800}
+
+
+def _is_bundle(folder: Path) -> bool:
+    """``folder`` holds a bundle written by this command (its manifest says so)."""
+    import json
+
+    try:
+        data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == "dmm-deploy-bundle"
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that would lose a user's files: it must be new, empty, or (with
+    ``overwrite``) a bundle written by this command."""
+    from dmm_deploy.data.output import check_output_path
+
+    check_output_path(out, "--out", "folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not _is_bundle(out):
+        names = ", ".join(sorted(e.name for e in out.iterdir())[:3])
+        raise ValueError(
+            f"--out {out} is not empty and holds no bundle ({names}); choose a new or empty folder"
+        )
+    if not overwrite:
+        raise ValueError(f"--out {out} holds a bundle: pass --overwrite to replace it")
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """The command's arguments."""
-    parser.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="bundle folder to write: a new or empty folder, or an earlier bundle with --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the bundle in --out (kept untouched until the new one has passed its checks)",
+    )
     w = parser.add_mutually_exclusive_group()
     w.add_argument(
         "--checkpoint", metavar="PATH", help="original DMM-Net checkpoint dir or trainer.pt"
@@ -51,7 +101,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--maskrcnn-version", choices=("v1", "v2"), default="v1")
     parser.add_argument(
-        "--detector-size", type=int, default=800, metavar="PX", help="Mask R-CNN's shorter side"
+        "--detector-size",
+        type=int,
+        default=800,
+        metavar="PX",
+        help=f"Mask R-CNN's shorter side, {MIN_DETECTOR_SIDE}..2048 (default 800)",
     )
     parser.add_argument(
         "--compat",
@@ -73,17 +127,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for parity")
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    parts = str(text).lower().split("x")
-    try:
-        size = (int(parts[0]), int(parts[1]))
-        if len(parts) != 2:
-            raise ValueError
-    except (ValueError, IndexError):
-        raise ValueError(f"--input-size must be HEIGHTxWIDTH, e.g. 255x448, got {text!r}") from None
-    if min(size) < 32:
-        raise ValueError(f"--input-size must be at least 32x32, got {text!r}")
-    return size
+def _replace_folder(new: Path, out: Path) -> None:
+    """Put folder ``new`` at ``out`` (an empty folder or an earlier bundle is replaced)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def model_config(args: argparse.Namespace, size: tuple[int, int]):
@@ -111,18 +163,29 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.checkpoint is not None and not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint not found: {args.checkpoint}")
-    size = _parse_size(args.input_size)
+    size = parse_size(args.input_size)
     if args.proposals == "maskrcnn" and args.maskrcnn_weights is None and not args.random_weights:
         raise ValueError(
             "--maskrcnn-weights: needed with --proposals maskrcnn (or --random-weights)"
         )
-    if args.detector_size < 32:
-        raise ValueError(f"--detector-size must be >= 32, got {args.detector_size}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.proposals != "maskrcnn":
+        for key, default in MASKRCNN_DEFAULTS.items():
+            if getattr(args, key) != default:
+                raise ValueError(
+                    f"--{key.replace('_', '-')} applies only with --proposals maskrcnn"
+                )
+    if not MIN_DETECTOR_SIDE <= args.detector_size <= MAX_SIDE:
+        raise ValueError(
+            f"--detector-size must be in {MIN_DETECTOR_SIDE}..{MAX_SIDE} pixels, "
+            f"got {args.detector_size}"
+        )
+    check_threads(args.threads)
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed must be in 0..2**63-1, got {args.seed}")
+    if not str(args.out).strip():
+        raise ValueError(f"--out must name a folder, got {args.out!r}")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out must be a folder, got the file {out}")
+    check_out(out, args.overwrite)
 
     import torch
 
@@ -136,24 +199,41 @@ def run(args: argparse.Namespace) -> int:
         load_original_checkpoint(net, args.checkpoint)
     detector = None
     if args.proposals == "maskrcnn":
-        detector = MaskRCNNProposals(
-            args.maskrcnn_weights,
-            version=args.maskrcnn_version,
-            min_size=args.detector_size,
-            max_size=round(args.detector_size * 1333 / 800),
-        ).model
+        try:
+            detector = MaskRCNNProposals(
+                args.maskrcnn_weights,
+                version=args.maskrcnn_version,
+                min_size=args.detector_size,
+                max_size=round(args.detector_size * 1333 / 800),
+            ).model
+        except (ValueError, FileNotFoundError):
+            raise
+        except Exception as e:  # garbage file (unpickling), another model's state dict
+            raise ValueError(
+                f"--maskrcnn-weights {args.maskrcnn_weights}: not usable as torchvision Mask "
+                f"R-CNN {args.maskrcnn_version} weights ({first_line(e)})"
+            ) from e
+    # written beside --out and moved in place only once every check passed: an interrupted
+    # or failed export leaves --out (an earlier bundle, too) as it was
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
         export_bundle(
             net.eval(),
-            out,
+            tmp,
             precision=args.precision,
             proposals=args.proposals,
             detector=detector,
             threads=args.threads,
         )
     except BundleExportError as e:
-        print(f"dmm-deploy export-model: {e}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"dmm-deploy export-model: {e}", file=sys.stderr)
         return 1
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace_folder(tmp, out)
     print(
         f"bundle    {out} ({args.precision}, {args.backbone} at {size[0]}x{size[1]}, "
         f"compat {cfg.compat}, matching {cfg.matching})"

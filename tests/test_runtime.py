@@ -118,12 +118,20 @@ def test_boxes_nms_paste_merge_match_torch(torch_ops):
 
 
 def _tiny_bundle(root, precision="fp32"):
+    """A bundle of identity graphs under the stage names and tensor names the runtime uses
+    (every output a copy of the first input; the match graph has the outputs of both
+    matching modes)."""
+    from dmm_deploy.runtime.bundle import MATCH_EXACT_OUTPUTS, RUNTIME_IO
+
     root.mkdir(parents=True, exist_ok=True)
     stages = {}
     for name in ("encoder", "embed", "match"):
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3])
-        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 3])
-        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], name, [x], [y])
+        ins, outs = RUNTIME_IO[name]
+        outs = (*outs, *MATCH_EXACT_OUTPUTS) if name == "match" else outs
+        x = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", 3]) for n in ins]
+        y = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", 3]) for n in outs]
+        nodes = [helper.make_node("Identity", [ins[0]], [n]) for n in outs]
+        graph = helper.make_graph(nodes, name, x, y)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         onnx.save(model, str(root / f"{name}.onnx"))
@@ -132,8 +140,8 @@ def _tiny_bundle(root, precision="fp32"):
             "sha256": sha256_file(root / f"{name}.onnx"),
             "precision": precision,
             "opset": 17,
-            "inputs": [{"name": "x", "dtype": "float32", "shape": ["B", 3]}],
-            "outputs": [{"name": "y", "dtype": "float32", "shape": ["B", 3]}],
+            "inputs": [{"name": n, "dtype": "float32", "shape": ["B", 3]} for n in ins],
+            "outputs": [{"name": n, "dtype": "float32", "shape": ["B", 3]} for n in outs],
         }
     manifest = {
         "format": "dmm-deploy-bundle",
@@ -156,8 +164,8 @@ def _one_line(exc) -> str:
 
 def test_a_valid_bundle_opens(tmp_path):
     rt = Runtime.open(_tiny_bundle(tmp_path / "b"))
-    out = rt.run("encoder", {"x": np.ones((2, 3))})
-    np.testing.assert_array_equal(out["y"], np.ones((2, 3), np.float32))
+    out = rt.run("encoder", {"image": np.ones((2, 3))})
+    np.testing.assert_array_equal(out["match4"], np.ones((2, 3), np.float32))
 
 
 def test_missing_and_modified_files_are_named(tmp_path):

@@ -301,9 +301,8 @@ def test_malformed_manifest_is_one_bundle_error_line(tampered, change, words):
     assert words in msg, msg
 
 
-# Not checked yet (see _check_stage_names): tests/test_runtime.py's hand-made bundle runs
-# identity graphs x -> y as the encoder, embed and match stages, also under matching="exact".
-NOT_YET = [
+# the names the pipeline feeds and reads (RUNTIME_IO; matching "exact" reads "cost")
+STAGE_NAME_CASES = [
     ("encoder-output-renamed", _rename("encoder", "outputs", "skip4", "skip_4"), "encoder"),
     ("embed-input-renamed", _rename("embed", "inputs", "boxes", "rois"), "embed"),
     ("match-input-renamed", _rename("match", "inputs", "sizes", "size"), "match"),
@@ -311,16 +310,14 @@ NOT_YET = [
 ]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="see _check_stage_names")
-@pytest.mark.parametrize(("change", "words"), [c[1:] for c in NOT_YET], ids=[c[0] for c in NOT_YET])
-def test_required_stage_names_not_checked_yet(tampered, change, words):
+@pytest.mark.parametrize(
+    ("change", "words"), [c[1:] for c in STAGE_NAME_CASES], ids=[c[0] for c in STAGE_NAME_CASES]
+)
+def test_required_stage_names_are_checked(tampered, change, words):
     root = tampered(change)
-    try:
+    with pytest.raises(BundleError) as e:
         Bundle.load(root)
-    except BundleError as e:
-        assert words in str(e) and "\n" not in str(e)
-    else:
-        raise AssertionError("loaded")
+    assert words in str(e.value) and "\n" not in str(e.value)
 
 
 def test_manifest_not_utf8_is_one_line(exported, tmp_path):

@@ -306,10 +306,16 @@ def _check_manifest(data: dict) -> tuple[dict, tuple[int, int], dict, dict]:
 def _check_stage_names(stages: dict, config: dict, proposals: dict) -> None:
     """Input and output names of the stages the runtime runs against what it feeds and reads
     (:data:`RUNTIME_IO`, the Mask R-CNN graphs' in :mod:`dmm_deploy.runtime.proposals`)."""
-    # The encoder, embed and match graphs (RUNTIME_IO, MATCH_EXACT_OUTPUTS for matching
-    # "exact") are not checked yet: tests/test_runtime.py's hand-made bundle runs identity
-    # graphs x -> y under those names (and matching="exact" on them).
-    expected = {}
+    expected = {name: RUNTIME_IO[name] for name in REQUIRED_STAGES}
+    matching = behaviour(config)["matching"]
+    if matching == "exact":
+        expected["match"] = (RUNTIME_IO["match"][0], MATCH_EXACT_OUTPUTS)
+    outputs = {t["name"] for t in stages["match"]["outputs"]}
+    if not set(expected["match"][1]) <= outputs:
+        raise ValueError(
+            f"stages.match.outputs must include {', '.join(expected['match'][1])} for config "
+            f"matching={matching!r}, got {_shown(sorted(outputs))}"
+        )
     if config["refine"]:
         expected["decoder"] = RUNTIME_IO["decoder"]
     if proposals["kind"] == "maskrcnn":

@@ -332,6 +332,9 @@ def test_davis_folder_scores_the_image_set_of_set_in_its_order(tmp_path, capsys)
     assert "1 listed sequence(s) not in the ground truth" in err and "zulu" in err
     assert main([*argv, "--sequences", str(tmp_path / "none.txt")]) == 2
     assert "--sequences: sequence list not found" in capsys.readouterr().err
+    listing.write_bytes(b"\xff\xfe alpha")
+    assert main([*argv, "--sequences", str(listing)]) == 2
+    assert "mine.txt is not UTF-8 text" in capsys.readouterr().err
 
 
 def test_bound_th_radius_rules(capsys, tmp_path):

@@ -79,7 +79,11 @@ def read_image_set(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sequence list not found: {path}")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataFileError(path, f"sequence list {path} is not UTF-8 text") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise DataFileError(path, f"sequence list {path} names no sequence")
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -283,6 +283,23 @@ def test_export_model_refuses_what_it_would_lose_or_ignore(tmp_path):
     assert (notes / "manifest.json").read_text() == "my own file"
 
 
+def test_export_model_unusable_maskrcnn_weights_are_one_line(tmp_path):
+    import argparse
+
+    from dmm_deploy.export import bundle_job
+
+    parser = argparse.ArgumentParser()
+    bundle_job.add_args(parser)
+    garbage = tmp_path / "mrcnn.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    argv = ["--out", str(tmp_path / "b"), "--random-weights", "--backbone", "resnet18",
+            "--input-size", "64x64", "--proposals", "maskrcnn", "--detector-size", "64",
+            "--maskrcnn-weights", str(garbage)]  # fmt: skip
+    with pytest.raises(ValueError, match=r"--maskrcnn-weights .*mrcnn\.pth: not usable") as e:
+        bundle_job.run(parser.parse_args(argv))
+    assert "\n" not in str(e.value) and not (tmp_path / "b").exists()
+
+
 def test_export_model_replaces_a_bundle_only_after_a_successful_export(tmp_path, monkeypatch):
     """The new bundle is written beside --out and moved in place at the end: a failed or
     interrupted export leaves the earlier bundle as it was, and no temporary folder."""

@@ -48,6 +48,8 @@ from torch import nn
 from dmm_deploy.matching.reference import greedy_init, match_reference, valid_mask
 from dmm_deploy.model.decoder import to_probabilities
 from dmm_deploy.model.net import DMMNet
+from dmm_deploy.runtime.bundle import MATCH_EXACT_OUTPUTS, RUNTIME_IO
+from dmm_deploy.runtime.proposals import MASKRCNN_SPLIT_IO
 
 __all__ = [
     "DETECTOR_IO",
@@ -64,33 +66,11 @@ __all__ = [
     "stage_io",
 ]
 
-LEVELS = ("4", "8", "16", "32")
-COARSE = ("32", "16", "8", "4")
-
-_MATCH = tuple(f"match{s}" for s in LEVELS)
-_SKIP = tuple(f"skip{s}" for s in LEVELS)
-STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "encoder": (("image",), (*_MATCH, *_SKIP)),
-    "embed": ((*_MATCH, "boxes", "batch_index"), ("embeddings",)),
-    "match": (
-        ("templates", "embeddings", "prev_masks", "proposal_masks", "sizes"),
-        ("assignment", "matched"),
-    ),
-    "decoder": (
-        (
-            *_SKIP,
-            "masks",
-            *(f"h{s}" for s in COARSE),
-            *(f"c{s}" for s in COARSE),
-            *(f"t{s}" for s in COARSE),
-        ),
-        ("probabilities", *(f"h{s}_out" for s in COARSE), *(f"c{s}_out" for s in COARSE)),
-    ),
-}
-"""Input and output names of every stage graph, in call order (default matching)."""
-
-MATCH_EXACT_OUTPUTS = ("cost",)
-"""The match graph's outputs for a ``matching="exact"`` model."""
+STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = dict(RUNTIME_IO)
+"""Input and output names of every stage graph, in call order (default matching): what the
+runtime feeds and reads (:data:`dmm_deploy.runtime.bundle.RUNTIME_IO`), plus the split
+detector's graphs (:data:`DETECTOR_IO`). ``matching="exact"``: the match graph outputs
+:data:`MATCH_EXACT_OUTPUTS`."""
 
 
 def stage_io(stage: str, cfg) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -234,16 +214,7 @@ class MaskRCNNStage(nn.Module):
 # Anchor decoding (a gather of a few thousand boxes) runs in numpy between the two graphs.
 
 MASKRCNN_LEVELS = 4  # RoI feature levels (FPN "0".."3"); the RPN also sees the "pool" level
-DETECTOR_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "detector": (
-        ("image",),
-        (*(f"feature{i}" for i in range(MASKRCNN_LEVELS)), "rpn_logits", "rpn_index", "rpn_deltas"),
-    ),
-    "proposals": (
-        (*(f"feature{i}" for i in range(MASKRCNN_LEVELS)), "rpn_boxes", "rpn_scores", "image_size"),
-        ("boxes", "scores", "masks", "valid"),
-    ),
-}
+DETECTOR_IO = MASKRCNN_SPLIT_IO
 """Input and output names of the split detector's two graphs (``layout="split"``)."""
 STAGE_IO.update(DETECTOR_IO)
 

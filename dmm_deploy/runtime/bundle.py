@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,16 +41,22 @@ from pathlib import Path
 from dmm_deploy.runtime.proposals import (
     MASKRCNN_SINGLE_IO,
     MASKRCNN_SPLIT_IO,
+    _is_int,
+    _is_real,
     check_maskrcnn_spec,
 )
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "COARSE",
     "CONFIG_DEFAULTS",
+    "LEVELS",
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
+    "MATCH_EXACT_OUTPUTS",
     "PRECISIONS",
     "REQUIRED_STAGES",
+    "RUNTIME_IO",
     "SUPPORTED_BEHAVIOUR",
     "TENSOR_DTYPES",
     "Bundle",
@@ -72,22 +77,24 @@ TENSOR_DTYPES = ("float32", "float16", "int64", "int32", "bool")
 """The dtypes a stage input or output may have (those the exporter writes)."""
 PROPOSAL_KINDS = ("precomputed", "maskrcnn")
 
-_LEVELS = ("4", "8", "16", "32")
-_COARSE = ("32", "16", "8", "4")
+LEVELS = ("4", "8", "16", "32")
+"""The encoder's feature strides (names of its ``match*`` and ``skip*`` outputs)."""
+COARSE = ("32", "16", "8", "4")
+"""The decoder's ConvLSTM levels, coarse to fine (names of its ``h*``/``c*``/``t*`` states)."""
 RUNTIME_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "encoder": (("image",), (*(f"match{s}" for s in _LEVELS), *(f"skip{s}" for s in _LEVELS))),
-    "embed": ((*(f"match{s}" for s in _LEVELS), "boxes", "batch_index"), ("embeddings",)),
+    "encoder": (("image",), (*(f"match{s}" for s in LEVELS), *(f"skip{s}" for s in LEVELS))),
+    "embed": ((*(f"match{s}" for s in LEVELS), "boxes", "batch_index"), ("embeddings",)),
     "match": (
         ("templates", "embeddings", "prev_masks", "proposal_masks", "sizes"),
         ("assignment", "matched"),
     ),
     "decoder": (
         (
-            *(f"skip{s}" for s in _LEVELS),
+            *(f"skip{s}" for s in LEVELS),
             "masks",
-            *(f"{k}{s}" for k in "hct" for s in _COARSE),
+            *(f"{k}{s}" for k in "hct" for s in COARSE),
         ),
-        ("probabilities", *(f"{k}{s}_out" for k in "hc" for s in _COARSE)),
+        ("probabilities", *(f"{k}{s}_out" for k in "hc" for s in COARSE)),
     ),
 }
 """What :func:`dmm_deploy.runtime.pipeline.step_streams` feeds each stage graph (input names)
@@ -146,14 +153,6 @@ def _shown(value) -> str:
     """``repr(value)`` cut to a readable piece of a one-line message."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _object(field: str, value) -> dict:

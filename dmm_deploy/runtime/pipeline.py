@@ -16,7 +16,7 @@ from dmm_deploy.data.inputs import frame_image as _frame_image
 from dmm_deploy.data.inputs import label_map as _label_map
 from dmm_deploy.runtime.assignment import linear_sum_assignment
 from dmm_deploy.runtime.backends import BACKENDS, DEVICES, open_stage
-from dmm_deploy.runtime.bundle import Bundle, BundleError, behaviour
+from dmm_deploy.runtime.bundle import COARSE, LEVELS, Bundle, BundleError, behaviour
 from dmm_deploy.runtime.imaging import frame_to_input, merge_probabilities, resize, tight_boxes
 from dmm_deploy.runtime.proposals import Proposals, maskrcnn_source, prepare_proposals
 
@@ -32,9 +32,6 @@ __all__ = [
 STAGES = ("encoder", "templates", "proposals", "features_cost", "matching", "refinement", "merge")
 """Timer stage names, as :data:`dmm_deploy.model.STAGES` (``features_cost`` covers the embed
 call; ``matching`` the cost + matcher graph)."""
-
-LEVELS = ("4", "8", "16", "32")
-COARSE = ("32", "16", "8", "4")
 
 
 def _no_timer(stage: str) -> AbstractContextManager:

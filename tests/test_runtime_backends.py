@@ -34,17 +34,31 @@ def _conv_stage(root):
     model.ir_version = 8
     path = root / "conv.onnx"
     onnx.save(model, str(path))
-    spec = StageSpec(
-        name="conv",
-        file="conv.onnx",
+    spec = _spec(
+        "conv",
+        [("x", ("B", 8, 20, 24))],
+        [("y", ("B", 8, 20, 24))],
         sha256=sha256_file(path),
-        precision="fp32",
-        opset=17,
-        inputs=(TensorSpec("x", "float32", ("B", 8, 20, 24)),),
-        outputs=(TensorSpec("y", "float32", ("B", 8, 20, 24)),),
-        extra={},
     )
     return path, spec
+
+
+def _spec(name, inputs, outputs=(), sha256="0" * 64):
+    """A float32 stage entry ``name.onnx`` with ``(name, shape)`` inputs and outputs."""
+    return StageSpec(
+        name=name,
+        file=f"{name}.onnx",
+        sha256=sha256,
+        precision="fp32",
+        opset=17,
+        inputs=tuple(TensorSpec(n, "float32", shape) for n, shape in inputs),
+        outputs=tuple(TensorSpec(n, "float32", shape) for n, shape in outputs),
+        extra={},
+    )
+
+
+SPLIT = {"layout": "split", "size_divisible": 32, "min_size": 480, "max_size": 800}
+"""The transform sizes of a split Mask R-CNN bundle's manifest (those axis_ranges reads)."""
 
 
 @pytest.fixture()
@@ -135,22 +149,12 @@ def test_split_detector_axes_get_tensorrt_profiles():
     from dmm_deploy.runtime.backends import AXIS_RANGES, _profile_shapes, axis_ranges
 
     assert axis_ranges({"kind": "precomputed"}) == AXIS_RANGES
-    spec = {"layout": "split", "size_divisible": 32, "min_size": 480, "max_size": 800}
-    r = axis_ranges(spec)
+    r = axis_ranges(SPLIT)
     assert r["Hp"] == (32, 480, 800) and r["Wp"] == (32, 800, 800)
     assert r["h0"] == (8, 120, 200) and r["w3"] == (1, 25, 25)
-    small = axis_ranges({**spec, "min_size": 160, "max_size": 267})
+    small = axis_ranges({**SPLIT, "min_size": 160, "max_size": 267})
     assert small["Hp"] == (32, 160, 288) and small["Wp"] == (32, 288, 288)
-    det = StageSpec(
-        name="detector",
-        file="detector.onnx",
-        sha256="0" * 64,
-        precision="fp32",
-        opset=17,
-        inputs=(TensorSpec("image", "float32", (1, 3, "Hp", "Wp")),),
-        outputs=(),
-        extra={},
-    )
+    det = _spec("detector", [("image", (1, 3, "Hp", "Wp"))])
     shapes = [_profile_shapes(det, i, ranges=r)["image"] for i in range(3)]
     assert shapes == [(1, 3, 32, 32), (1, 3, 480, 800), (1, 3, 800, 800)]
 
@@ -186,22 +190,8 @@ def test_tensorrt_stage_engines_come_from_the_projects_builder(tmp_path, monkeyp
         return trt
 
     fake = with_inputs(fake)
-    spec = StageSpec(
-        name="detector",
-        file="detector.onnx",
-        sha256="1" * 64,
-        precision="fp32",
-        opset=17,
-        inputs=(
-            TensorSpec("image", "float32", (1, 3, "Hp", "Wp")),
-            TensorSpec("size", "float32", (2,)),
-        ),
-        outputs=(),
-        extra={},
-    )
-    ranges = axis_ranges(
-        {"layout": "split", "size_divisible": 32, "min_size": 480, "max_size": 800}
-    )
+    spec = _spec("detector", [("image", (1, 3, "Hp", "Wp")), ("size", (2,))], sha256="1" * 64)
+    ranges = axis_ranges(SPLIT)
     path = tmp_path / "detector.onnx"
     path.write_bytes(b"not really onnx")
     cache = tmp_path / "engines"

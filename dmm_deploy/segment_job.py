@@ -45,7 +45,7 @@ import numpy as np
 from dmm_deploy.data import FrameSource, OverlayWriter, open_frames, read_mask
 from dmm_deploy.data.davis import VOID, list_images
 from dmm_deploy.data.frames import VIDEO_SUFFIXES, is_stream
-from dmm_deploy.data.output import ResultFolder, check_output_path
+from dmm_deploy.data.output import ResultFolder, check_not_an_input, check_output_path
 from dmm_deploy.progress import Progress, plural
 
 __all__ = [
@@ -497,15 +497,7 @@ def _refuse_input_overlap(opts: SegmentOptions) -> None:
     for name, path in (("--frames", opts.frames), ("--checkpoint", opts.checkpoint)):
         if isinstance(path, Path) and not is_stream(path):
             (folders if path.is_dir() else files).append((name, path))
-    target = opts.overlay.resolve()
-    for name, path in files:
-        if path is not None and Path(path).resolve() == target:
-            raise ValueError(f"--overlay {opts.overlay} is the {name} file; choose another file")
-    for name, path in folders:
-        if path is not None and Path(path).resolve() in target.parents:
-            raise ValueError(
-                f"--overlay {opts.overlay} lies in the {name} folder {path}; choose another place"
-            )
+    check_not_an_input("--overlay", opts.overlay, files, folders)
 
 
 def check_inputs(opts: SegmentOptions) -> _Inputs:

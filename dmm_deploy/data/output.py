@@ -21,6 +21,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "LOCK_FILE",
     "PARTIAL_MARKER",
     "ResultFolder",
+    "check_not_an_input",
     "check_output_path",
     "describe_partial",
     "read_partial",
@@ -83,6 +85,28 @@ def check_output_path(path: str | Path, arg: str, kind: str = "folder") -> None:
         raise ValueError(f"{arg} {path} lies below the file {anc}; expected a path in a folder")
     if not os.access(anc, os.W_OK | os.X_OK):
         raise ValueError(f"{arg} {path}: no permission to write in {anc}")
+
+
+def check_not_an_input(
+    arg: str,
+    path: str | Path,
+    files: Iterable[tuple[str, Path | str | None]] = (),
+    folders: Iterable[tuple[str, Path | str | None]] = (),
+) -> None:
+    """Refuse an output ``path`` that is one of the input ``files`` or lies in one of the input
+    ``folders`` (``(argument, path)`` pairs, ``None`` paths skipped): writing it would destroy
+    or pollute an input.
+
+    Raises:
+        ValueError: one line naming ``arg``, ``path`` and the input argument.
+    """
+    target = Path(path).resolve()
+    for name, f in files:
+        if f is not None and Path(f).resolve() == target:
+            raise ValueError(f"{arg} {path} is the {name} file; choose another file")
+    for name, d in folders:
+        if d is not None and Path(d).resolve() in target.parents:
+            raise ValueError(f"{arg} {path} lies in the {name} folder {d}; choose another place")
 
 
 def read_partial(folder: str | Path) -> dict[str, Any] | None:

@@ -84,19 +84,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def _refuse_overlap(targets, inputs, sequences) -> None:
     """No output file may be an input: inside ``--gt``/``--pred``, the ``--sequences`` list, or
     another output (``--csv`` equal to a ``--davis-csv`` file)."""
+    from dmm_deploy.data.output import check_not_an_input
+
     seen: dict[Path, str] = {}
     for arg, path in targets:
         r = path.resolve()
         if r in seen:
             raise ValueError(f"{arg} {path} is also written by {seen[r]}; choose another file")
         seen[r] = arg
-        if sequences is not None and r == Path(sequences).resolve():
-            raise ValueError(f"{arg} {path} is the --sequences file; choose another file")
-        for name, folder in inputs:
-            if folder.resolve() in r.parents:
-                raise ValueError(
-                    f"{arg} {path} lies in the {name} folder {folder}; write it elsewhere"
-                )
+        check_not_an_input(arg, path, [("--sequences", sequences)], inputs)
 
 
 def run(args: argparse.Namespace) -> int:

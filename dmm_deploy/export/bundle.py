@@ -58,6 +58,7 @@ from dmm_deploy.runtime.bundle import (
     sha256_file,
     unsupported_behaviour,
 )
+from dmm_deploy.runtime.proposals import MaskRCNNDetector
 
 __all__ = ["TRT_VERSIONS", "BundleExportError", "Parity", "StageReport", "export_bundle"]
 
@@ -347,8 +348,6 @@ class _DetectorExport:
     """
 
     def __init__(self, detector: torch.nn.Module, out: Path, threads: int) -> None:
-        from dmm_deploy.runtime.proposals import MaskRCNNDetector
-
         m = detector.eval()
         self.detector, self.out, self.threads = m, out, threads
         rpn, t = m.rpn, m.transform
@@ -422,8 +421,6 @@ class _DetectorExport:
         return _finish(path, "fp32")
 
     def parity(self, name: str) -> Parity:
-        from dmm_deploy.runtime.proposals import MaskRCNNDetector
-
         if name == "detector":
             run = _OrtRunner(self.out / "detector.onnx", self.threads)
             err = scale = 0.0

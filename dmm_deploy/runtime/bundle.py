@@ -43,6 +43,7 @@ from dmm_deploy.runtime.proposals import (
     MASKRCNN_SPLIT_IO,
     _is_int,
     _is_real,
+    _shown,
     check_maskrcnn_spec,
 )
 
@@ -147,12 +148,6 @@ def unsupported_behaviour(config: dict) -> list[str]:
 
 class BundleError(ValueError):
     """A bundle that cannot be used; the message is one line naming the problem."""
-
-
-def _shown(value) -> str:
-    """``repr(value)`` cut to a readable piece of a one-line message."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _object(field: str, value) -> dict:

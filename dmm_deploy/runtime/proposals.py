@@ -61,6 +61,12 @@ MASKRCNN_SINGLE_IO: tuple[tuple[str, ...], tuple[str, ...]] = (
 """What :class:`MaskRCNNStage` feeds the single ``proposals`` graph and reads from it."""
 
 
+def _shown(value) -> str:
+    """``repr(value)`` cut to a readable piece of a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _is_real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -85,8 +91,7 @@ def check_maskrcnn_spec(spec: dict) -> None:
     (the graphs the runtime runs)."""
 
     def bad(field: str, expected: str) -> ValueError:
-        text = repr(spec.get(field)) if field in spec else "nothing"
-        text = text if len(text) <= 60 else text[:57] + "..."
+        text = _shown(spec[field]) if field in spec else "nothing"
         return ValueError(f"proposals.{field} must be {expected}, got {text}")
 
     for field in ("min_size", "max_size", "size_divisible"):

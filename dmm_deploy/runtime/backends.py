@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -259,6 +260,7 @@ def set_lean_heap(threshold: int = LEAN_HEAP_THRESHOLD) -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_tag() -> str:
     """The CPU as onnxruntime's layout transforms see it: architecture, model and ISA flags."""
     lines = [platform.machine(), platform.processor()]

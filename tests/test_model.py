@@ -27,6 +27,7 @@ from dmm_deploy.model import (
     pad_proposals,
     paste_box_masks,
     prepare_proposals,
+    roi_align_mean,
     tight_boxes,
     to_probabilities,
 )
@@ -148,6 +149,50 @@ def test_roi_embedder_uses_roi_align_14_sampling_2():
     out = RoIEmbedder(SMALL)(feats, boxes)
     lvl2 = roi_align(feats[2], [boxes], 14, 1 / 16, 2, aligned=False).mean(dim=(2, 3))
     torch.testing.assert_close(out[:, 10:15], lvl2)
+
+
+@pytest.mark.parametrize("output_size, sampling", [(14, 2), (7, 3), (1, 1)])
+def test_roi_align_mean_equals_roi_align_then_mean(output_size, sampling):
+    """The matrix-product form equals torchvision's RoIAlign + mean over the grid, on boxes
+    inside, across and outside the image, degenerate (zero width, sub-pixel height), the whole
+    image, and boxes of several images."""
+    from torchvision.ops import roi_align
+
+    g = torch.Generator().manual_seed(0)
+    for b, h, w, scale in [(1, 16, 28, 1 / 4), (2, 8, 14, 1 / 32), (3, 5, 7, 1 / 16)]:
+        feat = torch.randn(b, 6, h, w, generator=g)
+        big_h, big_w = h / scale, w / scale
+        n = 80
+        x1 = torch.rand(n, generator=g) * big_w * 1.4 - 0.2 * big_w
+        y1 = torch.rand(n, generator=g) * big_h * 1.4 - 0.2 * big_h
+        bw = torch.rand(n, generator=g) * big_w * 0.8
+        bh = torch.rand(n, generator=g) * big_h * 0.8
+        bw[:8] = 0.0
+        bh[8:16] = 0.3
+        boxes = torch.stack([x1, y1, x1 + bw, y1 + bh], 1)
+        boxes[16:20] = torch.tensor([0.0, 0.0, big_w - 1, big_h - 1])
+        boxes[20:24] = torch.tensor([big_w - 1, big_h - 1, big_w + 40, big_h + 40])
+        boxes[24:28] = torch.tensor([-90.0, -90.0, -60.0, -60.0])  # wholly outside: zeros
+        index = torch.randint(0, b, (n,), generator=g)
+        rois = torch.cat([index[:, None].float(), boxes], 1)
+        want = roi_align(feat, rois, output_size, scale, sampling, aligned=False).mean((2, 3))
+        got = roi_align_mean(feat, boxes, index, output_size, scale, sampling)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        assert got[24:28].abs().max() == 0
+
+
+def test_roi_embedder_separable_equals_roi_align():
+    torch.manual_seed(2)
+    feats = tuple(torch.randn(2, 5, math.ceil(64 / s), math.ceil(96 / s)) for s in (4, 8, 16, 32))
+    boxes = torch.tensor([[3.0, 4.0, 50.0, 40.0], [0.0, 0.0, 95.0, 63.0], [60.0, 1.0, 61.0, 2.0]])
+    index = torch.tensor([1, 0, 1])
+    emb = RoIEmbedder(SMALL)
+    want = emb(feats, boxes, index)
+    torch.testing.assert_close(emb(feats, boxes, index, separable=True), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        emb(feats, boxes[:1], separable=True), emb(feats, boxes[:1]), rtol=0, atol=1e-5
+    )
+    assert emb(feats, boxes[:0], separable=True).shape == (0, 20)
 
 
 def test_tight_boxes():

@@ -178,8 +178,6 @@ def _export_stage(net: DMMNet, stage: str, path: Path, precision: str) -> onnx.M
     args = _example_inputs(net, stage, batch=2, seed=0)
     ins, outs = stage_io(stage, net.cfg)
     _trace(module, args, path, ins, outs, _dynamic_axes(stage, net.cfg))
-    # fp16 matcher: the cost's normalisation epsilon (1e-8) and the 200-cycle accumulation
-    # need float32; that graph keeps float32 arithmetic behind float16 inputs and outputs.
     return _finish(path, _stage_precision(stage, precision))
 
 
@@ -466,7 +464,11 @@ def _stage_precision(stage: str, precision: str) -> str:
     # The detector stays float32 (its NMS and box decoding are not float16-safe).
     if stage in DETECTOR_IO:
         return "fp32"
-    if stage == "match" and precision == "fp16":
+    # fp16 bundles keep float32 arithmetic behind float16 inputs and outputs in two graphs:
+    # the match graph (the cost's normalisation epsilon 1e-8 and the 200-cycle accumulation)
+    # and the embed graph (box coordinates in feature pixels, up to the feature map's size, set
+    # the bilinear weights: float16's step there is up to 1/16 pixel).
+    if stage in ("match", "embed") and precision == "fp16":
         return "mixed"
     return precision
 

@@ -94,14 +94,17 @@ class EncoderStage(nn.Module):
 
 
 class EmbedStage(nn.Module):
-    """``(match4..match32, boxes, batch_index) -> embeddings``: RoIAlign box embeddings."""
+    """``(match4..match32, boxes, batch_index) -> embeddings``: the model's RoIAlign box
+    embeddings in their matrix-product form (``RoIEmbedder(..., separable=True)``, equal to
+    RoIAlign + mean: MatMul nodes instead of RoiAlign, about 10x faster on onnxruntime's CPU
+    provider and native to TensorRT)."""
 
     def __init__(self, net: DMMNet) -> None:
         super().__init__()
         self.embedder = net.embedder
 
     def forward(self, m4, m8, m16, m32, boxes, batch_index):
-        return self.embedder((m4, m8, m16, m32), boxes, batch_index)
+        return self.embedder((m4, m8, m16, m32), boxes, batch_index, separable=True)
 
 
 class MatchStage(nn.Module):

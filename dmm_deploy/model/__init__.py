@@ -30,7 +30,7 @@ from dmm_deploy.model.config import (
     DMMConfig,
 )
 from dmm_deploy.model.decoder import ConvLSTMCell, RefineDecoder, mask_pyramid, to_probabilities
-from dmm_deploy.model.embed import RoIEmbedder, tight_boxes
+from dmm_deploy.model.embed import RoIEmbedder, roi_align_mean, tight_boxes
 from dmm_deploy.model.encoder import Encoder
 from dmm_deploy.model.matching import (
     MatchingCost,
@@ -96,6 +96,7 @@ __all__ = [
     "read_original_checkpoint",
     "resize_labels",
     "resize_masks",
+    "roi_align_mean",
     "save_precomputed",
     "tight_boxes",
     "to_probabilities",

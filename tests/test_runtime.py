@@ -166,6 +166,8 @@ def test_a_valid_bundle_opens(tmp_path):
     rt = Runtime.open(_tiny_bundle(tmp_path / "b"))
     out = rt.run("encoder", {"image": np.ones((2, 3))})
     np.testing.assert_array_equal(out["match4"], np.ones((2, 3), np.float32))
+    # no Mask R-CNN stage: no stage releases the shared arena (see open_stage)
+    assert all(r.run_options is None for r in rt.runners.values())
 
 
 def test_missing_and_modified_files_are_named(tmp_path):

@@ -143,6 +143,34 @@ def test_lean_heap_is_a_validated_switch(conv_stage):
         OrtStage(path, spec, lean_heap=1)
 
 
+def test_shared_arena_sessions_and_release(conv_stage):
+    """Stage sessions share the one process-wide CPU arena (registered once, however many
+    sessions); release_arena gives its free memory back after each run; outputs are the same
+    whichever way the memory comes."""
+    from dmm_deploy.runtime.backends import register_shared_cpu_arena
+
+    path, spec = conv_stage
+    register_shared_cpu_arena()
+    register_shared_cpu_arena()  # once per process: no error the second time
+    own = OrtStage(path, spec, threads=1, optimized_cache=False, shared_arena=False)
+    shared = OrtStage(path, spec, threads=1, optimized_cache=False)
+    shared2 = OrtStage(path, spec, threads=1, optimized_cache=False)
+    release = OrtStage(path, spec, threads=1, optimized_cache=False, release_arena=True)
+    opts = [r.session.get_session_options() for r in (own, shared, shared2, release)]
+    key = "session.use_env_allocators"
+    assert [o.get_session_config_entry(key) for o in opts[1:]] == ["1"] * 3
+    assert not opts[0].enable_cpu_mem_arena and opts[1].enable_cpu_mem_arena
+    assert own.run_options is None and shared.run_options is None
+    assert release.run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == (
+        "cpu:0"
+    )
+    want = own.run({"x": _x()})["y"]
+    for r in (shared, shared2, release, release):
+        np.testing.assert_array_equal(r.run({"x": _x()})["y"], want)
+    with pytest.raises(ValueError, match="shared_arena must be True or False"):
+        OrtStage(path, spec, shared_arena="yes")
+
+
 def test_split_detector_axes_get_tensorrt_profiles():
     """A split Mask R-CNN bundle's image and FPN feature axes get profile ranges from the
     manifest's transform sizes (multiples of size_divisible; features at strides 4..32)."""

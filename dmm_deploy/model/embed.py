@@ -49,9 +49,9 @@ class RoIEmbedder(nn.Module):
         *,
         separable: bool = False,
     ) -> torch.Tensor:
+        if batch_index is None:
+            batch_index = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
         if separable:
-            if batch_index is None:
-                batch_index = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
             return torch.cat(
                 [
                     roi_align_mean(
@@ -66,11 +66,7 @@ class RoIEmbedder(nn.Module):
                 ],
                 dim=1,
             )
-        if batch_index is None:
-            first = boxes.new_zeros(boxes.shape[0], 1)
-        else:
-            first = batch_index.to(boxes.dtype)[:, None]
-        rois = torch.cat([first, boxes], dim=1)  # (N, 5)
+        rois = torch.cat([batch_index.to(boxes.dtype)[:, None], boxes], dim=1)  # (N, 5)
         out = []
         for feat, stride in zip(match, STRIDES, strict=True):
             pooled = roi_align(
@@ -134,8 +130,7 @@ def roi_align_mean(
     scaled = boxes * spatial_scale
     wx = _axis_weights(scaled[:, 0], scaled[:, 2], w, output_size, sampling_ratio)  # (N, W)
     wy = _axis_weights(scaled[:, 1], scaled[:, 3], h, output_size, sampling_ratio)  # (N, H)
-    cols = torch.matmul(feat.reshape(b, c * h, w), wx.t())  # (B, C H, N)
-    cols = cols.reshape(b, c * h, n).permute(2, 0, 1)  # (N, B, C H)
+    cols = torch.matmul(feat.reshape(b, c * h, w), wx.t()).permute(2, 0, 1)  # (N, B, C H)
     pick = (batch_index[:, None] == torch.arange(b, device=feat.device)[None, :]).to(feat.dtype)
     picked = torch.bmm(pick[:, None, :], cols).reshape(n, c, h)  # (N, C, H)
     return torch.bmm(picked, wy[:, :, None])[:, :, 0]

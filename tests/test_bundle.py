@@ -430,3 +430,106 @@ def test_detector_settings_beyond_tensorrt_limits_are_refused():
     ):
         with pytest.raises(ValueError, match=f"{name} = .*TensorRT's TopK limit"):
             check_tensorrt_limits(*args)
+
+
+def _pyramid(hp: int, wp: int, channels: int, gen) -> list:
+    """FPN-like levels of stride 4..32 over a padded image of ``hp x wp``."""
+    return [torch.randn(1, channels, hp >> (k + 2), wp >> (k + 2), generator=gen) for k in range(4)]
+
+
+def _clipped_boxes(h: int, w: int, n: int, gen):
+    """Random boxes clipped to an ``h x w`` image (many small, some large) plus the hard ones:
+    the whole image, boxes touching the right/bottom edges, sub-pixel boxes at the corner."""
+    xy = torch.rand(n, 2, generator=gen) * torch.tensor([w, h])
+    wh = torch.rand(n, 2, generator=gen) ** 3 * torch.tensor([w, h])
+    hard = [
+        [0, 0, w, h], [w - 1, h - 1, w, h], [w - 0.5, 0, w, 3], [0, h - 2, 2, h],
+        [w / 2, h / 2, w, h], [0, 0, w, 10], [w - 300, h - 300, w, h], [w - 130, h - 120, w, h],
+    ]  # fmt: skip
+    b = torch.cat([torch.cat([xy, xy + wh], 1), torch.tensor(hard, dtype=torch.float32)])
+    b[:, 0::2] = b[:, 0::2].clamp(0, w)
+    b[:, 1::2] = b[:, 1::2].clamp(0, h)
+    b[:, 2] = torch.maximum(b[:, 2], b[:, 0] + 0.01).clamp(max=w)
+    b[:, 3] = torch.maximum(b[:, 3], b[:, 1] + 0.01).clamp(max=h)
+    return b
+
+
+@pytest.mark.parametrize(
+    ("padded", "image", "output", "ratio"),
+    [((480, 640), (480, 640), 7, 2), ((480, 640), (470, 601), 14, 2), ((224, 160), (200, 150), 7, 2),
+     ((800, 1344), (800, 1333), 14, 2), ((96, 64), (96, 64), 7, 0)],
+)  # fmt: skip
+def test_packed_level_pooling_is_torchvisions_multiscale_roi_align(padded, image, output, ratio):
+    """One RoiAlign over the packed levels = torchvision's MultiScaleRoIAlign (each box on its
+    own level), also for boxes on the image's last pixel; only the offset's rounding differs."""
+    from torchvision.ops import MultiScaleRoIAlign
+    from torchvision.ops.poolers import initLevelMapper
+
+    from dmm_deploy.export.bundle_stages import _level_canvas, _pool_own_level
+
+    gen = torch.Generator().manual_seed(0)
+    feats = _pyramid(*padded, 8, gen)
+    boxes = _clipped_boxes(*image, 400, gen)
+    mapper = initLevelMapper(2, 5)
+    pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], output, ratio)
+    want = pooler({str(k): f for k, f in enumerate(feats)}, [boxes], [padded])
+    canvas, x, y = _level_canvas(feats)
+    got = _pool_own_level(canvas, (x, y), boxes, (output, output), ratio, mapper)
+    levels = mapper([boxes])
+    if padded[0] >= 480:
+        assert (torch.bincount(levels, minlength=4) > 0).all()  # every level is exercised
+    # level 0 is pooled on its own tensor: torchvision's numbers to the bit; level 1 has no
+    # offset (float rounding only); levels 2 and 3 carry the offset's rounding (~1e-5 px)
+    torch.testing.assert_close(got[levels == 0], want[levels == 0], rtol=0, atol=0)
+    torch.testing.assert_close(got[levels == 1], want[levels == 1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+def test_packed_level_pooling_in_onnxruntime_follows_the_image_size(tmp_path):
+    """The canvas's pads and offsets are traced from the feature shapes: one exported graph
+    pools correctly at image sizes other than the one it was traced at."""
+    import onnxruntime as ort
+    from torchvision.ops import MultiScaleRoIAlign
+    from torchvision.ops.poolers import initLevelMapper
+
+    from dmm_deploy.export.bundle import _trace
+    from dmm_deploy.export.bundle_stages import _level_canvas, _pool_own_level
+
+    mapper = initLevelMapper(2, 5)
+
+    class Pool(torch.nn.Module):
+        def forward(self, f0, f1, f2, f3, boxes):
+            canvas, x, y = _level_canvas((f0, f1, f2, f3))
+            return _pool_own_level(canvas, (x, y), boxes, (7, 7), 2, mapper)
+
+    gen = torch.Generator().manual_seed(1)
+    names = [f"feature{k}" for k in range(4)]
+    axes = {n: {2: f"h{k}", 3: f"w{k}"} for k, n in enumerate(names)} | {"boxes": {0: "n"}}
+    trace_args = (*_pyramid(320, 320, 4, gen), _clipped_boxes(320, 320, 20, gen))
+    _trace(Pool(), trace_args, tmp_path / "pool.onnx", [*names, "boxes"], ["pooled"], axes)
+    session = ort.InferenceSession(str(tmp_path / "pool.onnx"), providers=["CPUExecutionProvider"])
+    pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    for padded, image in (((480, 640), (470, 640)), ((640, 416), (640, 400))):
+        feats = _pyramid(*padded, 4, gen)
+        boxes = _clipped_boxes(*image, 300, gen)
+        feeds = {n: f.numpy() for n, f in zip(names, feats, strict=True)} | {"boxes": boxes.numpy()}
+        got = torch.from_numpy(session.run(None, feeds)[0])
+        want = pooler({str(k): f for k, f in enumerate(feats)}, [boxes], [padded])
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+def test_packed_pooling_holds_up_to_the_documented_image_side():
+    """Canonical FPN mapping (224 at level 4): exact for sides <= 1567 px; beyond, the heads
+    stage pools every level instead (torchvision's numbers for any box)."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+    from torchvision.ops.poolers import initLevelMapper
+
+    from dmm_deploy.export.bundle_stages import DetectorHeadsStage, packed_pooling_is_exact
+
+    mapper = initLevelMapper(2, 5)
+    assert packed_pooling_is_exact(mapper, 1333) and packed_pooling_is_exact(mapper, 1567)
+    assert not packed_pooling_is_exact(mapper, 1568)
+    small = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=160, max_size=267)
+    assert DetectorHeadsStage(small).packed
+    large = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=1200, max_size=2000)
+    assert not DetectorHeadsStage(large).packed

@@ -284,7 +284,8 @@ def _pool_all_levels(features, boxes, output_size: tuple[int, int], sampling_rat
     """torchvision's ``MultiScaleRoIAlign`` for a fixed number of boxes of one image: every box
     pooled on every level (ONNX RoiAlign, ``aligned=False``), then each box's level (the
     pooler's own :class:`~torchvision.ops.poolers.LevelMapper`) picked with ``Where``: no
-    NonZero/Scatter, static shapes. Scales ``1/4 .. 1/32`` as the pooler infers them."""
+    NonZero/Scatter, static shapes, exact for any box, but four times torchvision's pooling.
+    :func:`_pool_own_level` pools once where its condition holds (detectors up to ~1568 px)."""
     from torchvision.ops import roi_align
 
     rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], 1)
@@ -298,6 +299,77 @@ def _pool_all_levels(features, boxes, output_size: tuple[int, int], sampling_rat
             else torch.where((levels == level)[:, None, None, None], pooled, out)
         )
     return out
+
+
+def _with_edge(f: torch.Tensor) -> torch.Tensor:
+    """``f (C, h, w)`` followed by a copy of its last column and then of its last row."""
+    f = torch.cat([f, f[..., -1:]], -1)
+    return torch.cat([f, f[..., -1:, :]], -2)
+
+
+def _level_canvas(features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The four FPN levels ``(1, C, H / 2^l, W / 2^l)`` as one RoiAlign input ``(2, C, H, W)``:
+    item 0 is level 0; item 1 packs levels 1..3 (level 1 at the origin, level 2 to its right,
+    level 3 below level 2), each followed by a copy of its last column and row, zeros elsewhere.
+    Returns the canvas and the ``(x, y)`` offsets of levels 0..3 in their item, ``(4,)`` each.
+
+    The copied edge is what makes a level's samples in ``(size - 1, size]`` read its last pixel
+    (torchvision clamps them to it) instead of the next level's first.
+    """
+    f0, f1, f2, f3 = (f[0] for f in features)
+    e1, e2, e3 = _with_edge(f1), _with_edge(f2), _with_edge(f3)
+    height, width = f0.shape[-2], f0.shape[-1]
+    right = torch.cat([e2, F.pad(e3, (0, e2.shape[-1] - e3.shape[-1]))], -2)
+    right = F.pad(right, (0, width - e1.shape[-1] - right.shape[-1], 0, height - right.shape[-2]))
+    left = F.pad(e1, (0, 0, 0, height - e1.shape[-2]))
+    canvas = torch.stack([f0, torch.cat([left, right], -1)])
+    zero = torch.zeros((), dtype=f0.dtype)
+    ox = (e1.shape[-1] * torch.ones((), dtype=f0.dtype)).reshape(1)
+    oy = (e2.shape[-2] * torch.ones((), dtype=f0.dtype)).reshape(1)
+    x = torch.cat([zero.reshape(1), zero.reshape(1), ox, ox])
+    y = torch.cat([zero.reshape(1), zero.reshape(1), zero.reshape(1), oy])
+    return canvas, x, y
+
+
+def packed_pooling_is_exact(mapper, max_side: float, levels: int = 4) -> bool:
+    """Whether :func:`_pool_own_level` equals torchvision's ``MultiScaleRoIAlign`` (up to float
+    rounding) for boxes clipped to an image whose sides are at most ``max_side`` pixels.
+
+    RoiAlign widens a box narrower than one feature pixel to one pixel; a level-``l`` box's
+    samples can then pass the level's last pixel, where torchvision reads zeros and the packed
+    canvas reads the copied edge or the next level. The level mapper only sends boxes of area
+    ``>= s_l^2`` to level ``l >= 1`` (``s_l`` its smallest ``sqrt(area)``), and a side is at most
+    ``max_side``, so every such box is at least ``s_l^2 / max_side`` image pixels wide and high:
+    at least one feature pixel when that is ``>= 2^(l + k_min)``. Level 0 is pooled on its own
+    and is exact for any box. (Canonical mapping 224 / 4: ``max_side <= 1567``.)
+    """
+    for level in range(1, levels):
+        k = level + mapper.k_min
+        smallest = mapper.s0 * 2.0 ** (k - mapper.lvl0 - mapper.eps)
+        if smallest * smallest / float(max_side) < 2.0**k:
+            return False
+    return True
+
+
+def _pool_own_level(
+    canvas, offsets, boxes, output_size: tuple[int, int], sampling_ratio: int, mapper
+):
+    """torchvision's ``MultiScaleRoIAlign`` for a fixed number of boxes of one image, each box
+    pooled once, on its own level, with one RoiAlign over :func:`_level_canvas`: static shapes,
+    no NonZero/Scatter. The box is scaled to its level (``2^-(l+2)``, exact in float) and moved
+    to its place in the canvas; ``spatial_scale`` is 1. Level-0 boxes get torchvision's numbers to
+    the bit, level 1 to float rounding (the copied edge), levels 2 and 3 carry the offset's
+    rounding as well (``~1e-5`` px in the sample positions). Equal to torchvision's pooling in
+    this sense when :func:`packed_pooling_is_exact` holds."""
+    from torchvision.ops import roi_align
+
+    ox, oy = offsets
+    levels = mapper([boxes])
+    scale = torch.tensor([2.0 ** -(k + 2) for k in range(4)], dtype=boxes.dtype)[levels, None]
+    shift = torch.stack([ox[levels], oy[levels]], 1).repeat(1, 2)
+    item = (levels > 0).to(boxes.dtype)[:, None]
+    rois = torch.cat([item, boxes * scale + shift], 1)
+    return roi_align(canvas, rois, tuple(output_size), 1.0, sampling_ratio)
 
 
 class DetectorStage(nn.Module):
@@ -342,7 +414,10 @@ class DetectorHeadsStage(nn.Module):
     and the ``post_nms_top_n`` best proposals, the box head over them (padding proposals are
     pooled but never kept), class-wise box decoding, clipping to ``image_size (2,) = (h, w)``,
     softmax, score and small-box filters, NMS (one class per batch item), the
-    ``detections_per_img`` best detections, then the mask head on those boxes.
+    ``detections_per_img`` best detections, then the mask head on those boxes. Both heads pool
+    each box once on its own level (:func:`_pool_own_level`) where that is torchvision's
+    pooling (:func:`packed_pooling_is_exact` for the transform's ``max_size``), else every box
+    on every level (:func:`_pool_all_levels`).
 
     Inputs: ``feature0..3``, ``rpn_boxes (L, K, 4)`` decoded and clipped, ``rpn_scores (L, K)``
     objectness probabilities with ``-1`` for boxes the RPN's filters drop. Outputs (``D`` =
@@ -374,10 +449,23 @@ class DetectorHeadsStage(nn.Module):
             raise ValueError(f"the box and mask RoI poolers map levels differently: {canon}")
         scale, level = canon.pop()
         self.mapper = initLevelMapper(2, 5, canonical_scale=scale, canonical_level=level)
+        # one RoiAlign per head over the packed levels where that is torchvision's pooling
+        # (every image side <= max_size; levels of stride 4..32 need a padding to 32)
+        t = m.transform
+        self.packed = int(t.size_divisible) % 32 == 0 and packed_pooling_is_exact(
+            self.mapper, float(t.max_size)
+        )
         check_tensorrt_limits(self.k, self.p, self.d)
+
+    def _pool(self, features, canvas, boxes, pool: nn.Module) -> torch.Tensor:
+        size, ratio = pool.output_size, pool.sampling_ratio
+        if canvas is None:
+            return _pool_all_levels(features, boxes, size, ratio, self.mapper)
+        return _pool_own_level(canvas[0], canvas[1:], boxes, size, ratio, self.mapper)
 
     def forward(self, f0, f1, f2, f3, rpn_boxes, rpn_scores, image_size):
         features = (f0, f1, f2, f3)
+        canvas = _level_canvas(features) if self.packed else None
         k = self.k  # rpn_scores.shape[1]; a constant (a traced size cannot feed the NMS node)
         # RPN: NMS per level, then the post_nms_top_n best survivors over all levels
         sel = _NonMaxSuppression.apply(rpn_boxes, rpn_scores[:, None, :], k, self.rpn_nms)
@@ -388,13 +476,7 @@ class DetectorHeadsStage(nn.Module):
         proposals = torch.where(keep[:, None], rpn_boxes.reshape(-1, 4)[flat], 0.0)
         # box head
         rh = self.roi_heads
-        pooled = _pool_all_levels(
-            features,
-            proposals,
-            self.box_pool.output_size,
-            self.box_pool.sampling_ratio,
-            self.mapper,
-        )
+        pooled = self._pool(features, canvas, proposals, self.box_pool)
         class_logits, box_regression = rh.box_predictor(rh.box_head(pooled))
         boxes = rh.box_coder.decode(box_regression, [proposals])  # (P, C, 4)
         h, w = image_size[0], image_size[1]
@@ -418,13 +500,7 @@ class DetectorHeadsStage(nn.Module):
         det_boxes = torch.where(valid[:, None], boxes.reshape(-1, 4)[flat], 0.0)
         labels = flat // self.p + 1
         # mask head on the detections
-        pooled = _pool_all_levels(
-            features,
-            det_boxes,
-            self.mask_pool.output_size,
-            self.mask_pool.sampling_ratio,
-            self.mapper,
-        )
+        pooled = self._pool(features, canvas, det_boxes, self.mask_pool)
         logits = rh.mask_predictor(rh.mask_head(pooled))  # (D, C, 28, 28)
         index = labels[:, None, None, None].expand(-1, 1, *logits.shape[-2:])
         masks = torch.gather(logits, 1, index)[:, 0].sigmoid()

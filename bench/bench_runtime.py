@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -189,7 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+    tmp = args.work or Path(tempfile.mkdtemp(prefix="bench_runtime_"))
+    try:
+        return compare(args, tmp)
+    finally:
+        if args.work is None:  # the bundles and label files: ~1.3 GB
+            shutil.rmtree(tmp, ignore_errors=True)
 
+
+def compare(args: argparse.Namespace, tmp: Path) -> int:
+    """Export the bundles into ``tmp`` (or reuse them there), run every configuration's
+    workers, write the results."""
     import torch
 
     from dmm_deploy.data import read_frame
@@ -198,9 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     from dmm_deploy.model.sources import save_precomputed
 
     size = tuple(int(v) for v in args.input_size.split("x"))
-    if args.work is not None:
-        args.work.mkdir(parents=True, exist_ok=True)
-    tmp = args.work or Path(tempfile.mkdtemp(prefix="bench_runtime_"))
     frames = sorted((SAMPLES / "images" / "bike").glob("*.jpg"))
     first = read_frame(frames[0])
     h, w = first.shape[:2]

@@ -461,11 +461,12 @@ def _clipped_boxes(h: int, w: int, n: int, gen):
 )  # fmt: skip
 def test_packed_level_pooling_is_torchvisions_multiscale_roi_align(padded, image, output, ratio):
     """One RoiAlign over the packed levels = torchvision's MultiScaleRoIAlign (each box on its
-    own level), also for boxes on the image's last pixel; only the offset's rounding differs."""
+    own level), also for boxes on the image's last pixel; only the offset's rounding differs.
+    The all-levels form (detectors beyond the packed form's size) gives its numbers exactly."""
     from torchvision.ops import MultiScaleRoIAlign
     from torchvision.ops.poolers import initLevelMapper
 
-    from dmm_deploy.export.bundle_stages import _level_canvas, _pool_own_level
+    from dmm_deploy.export.bundle_stages import _level_canvas, _pool_all_levels, _pool_own_level
 
     gen = torch.Generator().manual_seed(0)
     feats = _pyramid(*padded, 8, gen)
@@ -483,6 +484,9 @@ def test_packed_level_pooling_is_torchvisions_multiscale_roi_align(padded, image
     torch.testing.assert_close(got[levels == 0], want[levels == 0], rtol=0, atol=0)
     torch.testing.assert_close(got[levels == 1], want[levels == 1], rtol=0, atol=1e-6)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    # the form for larger detectors: every level, then each box's own (same arithmetic)
+    every = _pool_all_levels(feats, boxes, (output, output), ratio, mapper)
+    torch.testing.assert_close(every, want, rtol=0, atol=0)
 
 
 def test_packed_level_pooling_in_onnxruntime_follows_the_image_size(tmp_path):

@@ -520,6 +520,11 @@ def check_inputs(opts: SegmentOptions) -> _Inputs:
             + ", or --random-weights for a smoke run (the masks are then meaningless)"
         )
     if opts.bundle is not None:
+        if opts.bundle.exists() and not opts.bundle.is_dir():
+            raise ValueError(
+                f"--bundle {opts.bundle} is a file: expected a folder written by "
+                "dmm-deploy export-model"
+            )
         if not opts.bundle.is_dir():
             raise FileNotFoundError(f"--bundle not found: {opts.bundle} (expected a folder)")
         if not (opts.bundle / "manifest.json").is_file():

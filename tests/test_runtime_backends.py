@@ -80,7 +80,8 @@ def test_cache_is_written_once_reused_and_bit_identical(conv_stage, tmp_path):
     first = OrtStage(path, spec, threads=1, cache_dir=cache)
     target = optimized_graph_path(path, spec, cache)
     assert first.optimized_path == target and target.is_file()
-    assert [p.name for p in cache.iterdir()] == [target.name]  # no temporary left behind
+    # the graph and its digest, no temporary left behind
+    assert sorted(p.name for p in cache.iterdir()) == [target.name, target.name + ".sha256"]
     stamp = target.stat().st_mtime_ns
     np.testing.assert_array_equal(first.run({"x": _x()})["y"], want)
 
@@ -121,6 +122,28 @@ def test_damaged_cache_file_is_rebuilt(conv_stage, tmp_path):
     stage = OrtStage(path, spec, threads=1, cache_dir=cache)
     np.testing.assert_array_equal(stage.run({"x": _x()})["y"], want)
     onnx.checker.check_model(onnx.load(str(target)))
+
+
+def test_edited_cache_file_is_not_used_but_rebuilt(conv_stage, tmp_path):
+    """A cached graph that still loads but whose bytes changed since the runtime wrote it
+    (here: one weight zeroed) fails its digest and is rebuilt from the bundle's graph."""
+    path, spec = conv_stage
+    cache = tmp_path / "bundle" / "engines"
+    want = OrtStage(path, spec, threads=1, cache_dir=cache).run({"x": _x()})["y"]
+    target = optimized_graph_path(path, spec, cache)
+    model = onnx.load(str(target))
+    weight = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    weight.raw_data = bytes(len(weight.raw_data))
+    onnx.save(model, str(target))
+    tampered = OrtStage(target, spec, threads=1, optimized_cache=False).run({"x": _x()})["y"]
+    assert not np.array_equal(tampered, want)  # what using the edited cache would give
+    stage = OrtStage(path, spec, threads=1, cache_dir=cache)
+    np.testing.assert_array_equal(stage.run({"x": _x()})["y"], want)
+    assert (target.parent / (target.name + ".sha256")).read_text().strip() == sha256_file(target)
+    (target.parent / (target.name + ".sha256")).unlink()  # a cache without digest: rebuilt too
+    stamp = target.stat().st_mtime_ns
+    OrtStage(path, spec, threads=1, cache_dir=cache)
+    assert target.stat().st_mtime_ns != stamp
 
 
 def test_optimized_cache_must_be_a_bool(conv_stage):
@@ -235,6 +258,10 @@ def test_tensorrt_stage_engines_come_from_the_projects_builder(tmp_path, monkeyp
     fake.calls.clear()  # cached: nothing parsed or built
     assert build_stage_engine(fake, path, spec, cache, ranges, "Fake GPU") == engine
     assert fake.calls == []
+    engine.write_bytes(b"PLAn")  # an engine changed since it was built: built again
+    assert build_stage_engine(fake, path, spec, cache, ranges, "Fake GPU") == engine
+    assert ("parse", str(path)) in fake.calls and engine.read_bytes() == b"PLAN"
+    fake.calls.clear()
     assert build_stage_engine(fake, path, spec, cache, ranges, "Other GPU") != engine
     fake11 = with_inputs(_fake_trt("11.0.0"))  # TensorRT 11: always strongly typed, flags 0
     build_stage_engine(fake11, path, spec, tmp_path / "e11", ranges, "Fake GPU")

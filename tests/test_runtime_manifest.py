@@ -153,6 +153,22 @@ CASES = [
     ("stages-empty", _set("stages", {}), "stages must be a JSON object"),
     ("stage-not-object", lambda d: d["stages"].update(embed=[]), "stages.embed must be a JSON"),
     ("stage-no-file", _stage_field("embed", "file", None), "stages.embed.file"),
+    # stage files are bare names in the bundle folder: nothing outside it is read
+    (
+        "stage-file-outside",
+        _stage_field("embed", "file", "../other/embed.onnx"),
+        "stages.embed.file must be a file name in the bundle folder",
+    ),
+    (
+        "stage-file-absolute",
+        _stage_field("embed", "file", "/tmp/embed.onnx"),
+        "stages.embed.file must be a file name",
+    ),
+    (
+        "stage-file-parent",
+        _stage_field("embed", "file", ".."),
+        "stages.embed.file must be a file name",
+    ),
     ("stage-opset-text", _stage_field("embed", "opset", "17"), "stages.embed.opset"),
     ("stage-inputs-null", _stage_field("match", "inputs", None), "stages.match.inputs"),
     ("input-size-one", _set("input_size", [96]), "input_size must be [height, width]"),

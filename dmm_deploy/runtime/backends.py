@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmm_deploy.runtime.bundle import Bundle, StageSpec
+from dmm_deploy.runtime.bundle import Bundle, StageSpec, sha256_file
 from dmm_deploy.runtime.proposals import MASKRCNN_SPLIT_IO
 
 __all__ = [
@@ -235,7 +235,7 @@ class OrtStage:
         session = None
         if device == "cpu" and optimized_cache and cache_dir is not None:
             self.optimized_path = optimized_graph_path(path, spec, cache_dir)
-            if self.optimized_path.is_file():
+            if _sealed(self.optimized_path):
                 session = _try_session(ort, self.optimized_path, so, providers)
             if session is None:
                 session = _optimize_into(ort, path, so, providers, self.optimized_path)
@@ -342,6 +342,34 @@ def optimized_graph_path(path: Path, spec: StageSpec, cache_dir: Path) -> Path:
     return cache_dir / f"{spec.name}-ort-cpu-{tag}.onnx"
 
 
+DIGEST_SUFFIX = ".sha256"
+"""A cached graph or engine ``X`` in ``<bundle>/engines/`` is used only beside ``X.sha256``
+holding its SHA-256 (written with it): the stage files are checked against the manifest on
+every open, and the caches built from them are checked against their own digests."""
+
+
+def _seal(path: Path, target: Path) -> None:
+    """Write ``target``'s digest file for the content of ``path`` (the file about to become
+    ``target``), atomically."""
+    digest = target.with_name(target.name + DIGEST_SUFFIX)
+    tmp = digest.with_name(f"{digest.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(sha256_file(path) + "\n")
+        os.replace(tmp, digest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sealed(path: Path) -> bool:
+    """Whether ``path`` exists with a digest file that matches its content (a cache file that
+    was damaged or edited since it was written is not used, but rebuilt)."""
+    digest = path.with_name(path.name + DIGEST_SUFFIX)
+    try:
+        return path.is_file() and digest.read_text().strip() == sha256_file(path)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _try_session(ort, path: Path, so, providers):
     """A session over the cached optimized graph, or None when it cannot be loaded."""
     try:
@@ -362,7 +390,11 @@ def _optimize_into(ort, path: Path, so, providers, target: Path):
     so.optimized_model_filepath = str(tmp)
     try:
         session = ort.InferenceSession(str(path), so, providers=providers)
-        os.replace(tmp, target)
+        try:
+            _seal(tmp, target)
+            os.replace(tmp, target)
+        except OSError:  # a folder that took the file but not its digest: no cache
+            pass
     finally:
         tmp.unlink(missing_ok=True)
     return session
@@ -409,7 +441,7 @@ def build_stage_engine(
     key = json.dumps([spec.sha256, trt.__version__, gpu, ranges], sort_keys=True)
     tag = hashlib.sha256(key.encode()).hexdigest()[:16]
     engine_path = cache_dir / f"{spec.name}-{tag}.engine"
-    if engine_path.is_file():
+    if _sealed(engine_path):
         return engine_path
     points = [_profile_shapes(spec, i, ranges=ranges) for i in range(3)]
 
@@ -422,8 +454,12 @@ def build_stage_engine(
     plan = build_plan(trt, path, profile, timing_cache=cache_dir / "timing.cache", tf32=tf32)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = engine_path.with_name(f"{engine_path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(plan)
-    os.replace(tmp, engine_path)
+    try:
+        tmp.write_bytes(plan)
+        _seal(tmp, engine_path)
+        os.replace(tmp, engine_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return engine_path
 
 

@@ -20,7 +20,8 @@
 
 Shapes hold integers for fixed axes and names for dynamic ones. :meth:`Bundle.load` checks
 the file (UTF-8 JSON), the format, the version, every field's type and range (``input_size``
-two positive integers, ``config`` an object, stage tensors with a dtype of
+two positive integers, ``config`` an object, stage files named by bare file names in the
+folder, stage tensors with a dtype of
 :data:`TENSOR_DTYPES`, the Mask R-CNN settings of a split ``proposals`` entry, see
 :func:`~dmm_deploy.runtime.proposals.check_maskrcnn_spec`), the model settings
 (:data:`SUPPORTED_BEHAVIOUR`) and every stage file's SHA-256, and raises :class:`BundleError`
@@ -196,7 +197,10 @@ def _check_stage(name: str, d) -> None:
     """One ``stages`` entry: the fields :meth:`StageSpec.from_json` reads, with their types."""
     at = f"stages.{name}"
     _object(at, d)
-    _string(f"{at}.file", d.get("file"))
+    file = _string(f"{at}.file", d.get("file"))
+    if file in (".", "..") or "/" in file or "\\" in file:
+        # the exporter writes bare names; a path could point outside the bundle
+        raise ValueError(f"{at}.file must be a file name in the bundle folder, got {file!r}")
     for key in ("sha256", "precision"):
         if not isinstance(d.get(key), str):
             raise ValueError(f"{at}.{key} must be a string, got {_shown(d.get(key))}")

@@ -80,7 +80,7 @@ def detector(size: int):
 
 def clear_optimized_cache(bundle: Path) -> None:
     """Delete the runtime's cached CPU-optimized graphs of ``bundle`` (a cold first open)."""
-    for f in (bundle / "engines").glob("*-ort-cpu-*.onnx"):
+    for f in (bundle / "engines").glob("*-ort-cpu-*.onnx*"):  # graphs and their digests
         f.unlink()
 
 

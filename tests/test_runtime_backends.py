@@ -146,6 +146,32 @@ def test_edited_cache_file_is_not_used_but_rebuilt(conv_stage, tmp_path):
     assert target.stat().st_mtime_ns != stamp
 
 
+@pytest.mark.parametrize(
+    ("inputs", "words"),
+    [
+        ([("z", (3, 8, 20, 24))], r"graph conv\.onnx has inputs \['x'\], the manifest lists \['z'\]"),
+        ([("x", (3, 8, 20, 25))], r"input 'x' has shape \[.*\] in conv\.onnx, the manifest says \[3, 8, 20, 25\]"),
+        ([("x", (3, 8, 20))], r"input 'x' has shape"),
+    ],
+)  # fmt: skip
+def test_manifest_that_describes_another_graph_is_one_line(conv_stage, inputs, words):
+    """A stage entry whose inputs are not the graph's (names, rank, a fixed axis) is refused
+    when the stage opens, not at the first frame; axis names match any size."""
+    from dmm_deploy.runtime.bundle import BundleError
+
+    path, spec = conv_stage
+    wrong = StageSpec(
+        **{**spec.__dict__, "inputs": tuple(TensorSpec(n, "float32", s) for n, s in inputs)}
+    )
+    with pytest.raises(BundleError, match=words) as e:
+        OrtStage(path, wrong, threads=1, optimized_cache=False)
+    assert "\n" not in str(e.value)
+    named = StageSpec(
+        **{**spec.__dict__, "inputs": (TensorSpec("x", "float32", ("B", 8, "h", "w")),)}
+    )
+    OrtStage(path, named, threads=1, optimized_cache=False)
+
+
 def test_optimized_cache_must_be_a_bool(conv_stage):
     path, spec = conv_stage
     with pytest.raises(ValueError, match="optimized_cache must be True or False") as e:

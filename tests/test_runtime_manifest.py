@@ -177,6 +177,11 @@ CASES = [
     ("input-size-float", _set("input_size", [96.5, 160]), "input_size must be [height, width]"),
     ("input-size-bool", _set("input_size", [True, 160]), "input_size must be [height, width]"),
     ("input-size-missing", lambda d: d.__delitem__("input_size"), "input_size"),
+    (
+        "input-size-not-the-encoders",
+        _set("input_size", [97, 160]),
+        "input_size [97, 160] differs from the encoder's image size [96, 160]",
+    ),
     ("precision-number", _set("precision", 5), "precision must be one of fp32"),
     ("config-list", _set("config", []), "config must be a JSON object"),
     ("config-null", _set("config", None), "config must be a JSON object"),

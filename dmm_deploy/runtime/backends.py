@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmm_deploy.runtime.bundle import Bundle, StageSpec, sha256_file
+from dmm_deploy.runtime.bundle import Bundle, BundleError, StageSpec, sha256_file
 from dmm_deploy.runtime.proposals import MASKRCNN_SPLIT_IO
 
 __all__ = [
@@ -250,6 +250,7 @@ class OrtStage:
                     f"onnxruntime did not enable {wanted} for stage {spec.name!r} (it has "
                     f"{', '.join(got)}); check the CUDA/cuDNN/TensorRT libraries"
                 )
+        _check_graph_inputs(self.session, spec, path)
         self.spec = spec
         self.dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
         self.output_names = [t.name for t in spec.outputs]
@@ -262,6 +263,31 @@ class OrtStage:
 
 _SHARED_ARENA: list[bool] = []
 _SHARED_ARENA_LOCK = threading.Lock()
+
+
+def _check_graph_inputs(session, spec: StageSpec, path: Path) -> None:
+    """The graph's inputs against the manifest's entry for it: the same names, and every axis
+    the manifest fixes equal to the graph's where the graph fixes it too (a manifest edited to
+    describe another graph fails here in one line instead of at the first frame)."""
+    graph = {i.name: i.shape for i in session.get_inputs()}
+    names = [t.name for t in spec.inputs]
+    if sorted(graph) != sorted(names):
+        raise BundleError(
+            f"bundle: stage {spec.name!r} graph {path.name} has inputs {sorted(graph)}, "
+            f"the manifest lists {sorted(names)}"
+        )
+    for t in spec.inputs:
+        shape = graph[t.name]
+        fixed = [
+            (a, b)
+            for a, b in zip(t.shape, shape, strict=False)
+            if isinstance(a, int) and isinstance(b, int)
+        ]
+        if len(shape) != len(t.shape) or any(a != b for a, b in fixed):
+            raise BundleError(
+                f"bundle: stage {spec.name!r} input {t.name!r} has shape {list(shape)} in "
+                f"{path.name}, the manifest says {list(t.shape)}"
+            )
 
 
 def register_shared_cpu_arena() -> None:

@@ -332,6 +332,18 @@ def _check_stage_names(stages: dict, config: dict, proposals: dict) -> None:
                 )
 
 
+def _check_encoder_size(stages: dict, size: tuple[int, int]) -> None:
+    """The frames are resized to ``input_size`` and fed to the encoder: a fixed image size in
+    the encoder's entry must be that size."""
+    image = next(t for t in stages["encoder"]["inputs"] if t["name"] == "image")
+    fixed = image["shape"][2:]
+    if len(fixed) == 2 and all(_is_int(d) for d in fixed) and tuple(fixed) != tuple(size):
+        raise ValueError(
+            f"input_size {list(size)} differs from the encoder's image size {list(fixed)} "
+            "(stages.encoder.inputs)"
+        )
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """SHA-256 hex digest of a file's bytes."""
     h = hashlib.sha256()
@@ -481,6 +493,7 @@ class Bundle:
             raise BundleError(f"bundle: {mpath} has no stage(s) {', '.join(missing)}")
         try:
             _check_stage_names(stage_data, config, proposals)
+            _check_encoder_size(stage_data, size)
         except ValueError as e:
             raise BundleError(" ".join(f"bundle: {mpath}: {e}".splitlines())) from None
         for spec in stages.values():

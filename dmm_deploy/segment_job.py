@@ -313,6 +313,8 @@ class SegmentOptions:
             raise ValueError(f"--device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.backend not in ("onnxruntime", "tensorrt"):
             raise ValueError(f"--backend must be 'onnxruntime' or 'tensorrt', got {self.backend!r}")
+        if self.backend == "tensorrt" and self.device != "cuda":
+            raise ValueError("--backend tensorrt runs on --device cuda only")
         if self.compat not in (None, "original", "default"):
             raise ValueError(f"--compat must be 'original' or 'default', got {self.compat!r}")
         if self.max_frames is not None and self.max_frames < 1:

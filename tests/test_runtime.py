@@ -261,7 +261,7 @@ def test_build_segmenter_checks_its_options(tmp_path):
         build_segmenter(SimpleNamespace(**vars(opts), precomputed=None))
     with pytest.raises(FileNotFoundError, match="--precomputed"):
         build_segmenter(SimpleNamespace(**vars(opts), precomputed=tmp_path / "none.npz"))
-    with pytest.raises(ValueError, match="precomputed is required"):
+    with pytest.raises(ValueError, match=r"no proposals stage .*--proposals precomputed:FILE\.npz"):
         build_segmenter(
             SimpleNamespace(**{**vars(opts), "proposals": "maskrcnn"}, precomputed=None)
         )

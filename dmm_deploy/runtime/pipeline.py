@@ -103,8 +103,9 @@ class Runtime:
             return PrecomputedDetections(precomputed)
         if "proposals" not in self.runners:
             raise ValueError(
-                "precomputed is required: this bundle has no proposals stage "
-                "(exported with --proposals precomputed)"
+                "this bundle has no proposals stage (it was exported with --proposals "
+                "precomputed): give it precomputed detections, a .npz (segment: --proposals "
+                "precomputed:FILE.npz)"
             )
         return maskrcnn_source(self.bundle.proposals, self.runners)
 

@@ -536,8 +536,21 @@ def check_inputs(opts: SegmentOptions) -> _Inputs:
             )
     if opts.checkpoint is not None and not opts.checkpoint.exists():
         raise FileNotFoundError(f"--checkpoint not found: {opts.checkpoint}")
+    if opts.precomputed is not None and opts.precomputed.is_dir():
+        raise ValueError(f"--proposals precomputed:{opts.precomputed} is a folder: expected a .npz")
     if opts.precomputed is not None and not opts.precomputed.is_file():
         raise FileNotFoundError(f"--proposals: precomputed file not found: {opts.precomputed}")
+    for name, path, what in (
+        ("--mask", opts.mask, "the first frame's annotation, a PNG file"),
+        ("--annotations", opts.annotations, "a folder of PNG annotations"),
+    ):
+        if path is None:
+            continue
+        if not path.exists():
+            raise FileNotFoundError(f"{name} not found: {path} (expected {what})")
+        if path.is_dir() != (name == "--annotations"):
+            kind = "folder" if path.is_dir() else "file"
+            raise ValueError(f"{name} {path} is a {kind}: expected {what}")
     w = opts.maskrcnn_weights
     looks_like_file = w is not None and ("/" in w or "\\" in w or Path(w).suffix in (".pt", ".pth"))
     if looks_like_file and not Path(w).is_file():
@@ -557,13 +570,11 @@ def check_inputs(opts: SegmentOptions) -> _Inputs:
         )
     try:
         source = open_frames(opts.frames)
-    except FileNotFoundError as e:
-        arg = (
-            "--frames"
-            if isinstance(opts.frames, Path) and opts.frames.suffix.lower() not in VIDEO_SUFFIXES
-            else "--video"
-        )
-        raise FileNotFoundError(f"{arg}: {e}") from e
+    except (FileNotFoundError, ValueError) as e:
+        frames = opts.frames
+        video = is_stream(frames) or frames.is_file() or frames.suffix.lower() in VIDEO_SUFFIXES
+        arg = "--video" if video else "--frames"  # --frames takes folders only
+        raise type(e)(f"{arg}: {e}") from e
     size = source.size
     first_mask = None
     if opts.mask is not None:

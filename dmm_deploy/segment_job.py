@@ -672,6 +672,7 @@ def build_proposals(opts: SegmentOptions):
     file or name; random weights, seed :data:`RANDOM_SEED`, when none is given)."""
     import torch
 
+    from dmm_deploy.model.checkpoint import torch_load_reason
     from dmm_deploy.model.sources import MaskRCNNProposals, PrecomputedProposals
 
     if opts.proposals == "precomputed":
@@ -691,7 +692,7 @@ def build_proposals(opts: SegmentOptions):
     except Exception as e:  # garbage file (unpickling), another model's state dict, download
         raise ValueError(
             f"--maskrcnn-weights {opts.maskrcnn_weights}: not usable as torchvision Mask R-CNN "
-            f"{opts.maskrcnn_version} weights ({first_line(e)})"
+            f"{opts.maskrcnn_version} weights ({torch_load_reason(e)})"
         ) from e
 
 

@@ -170,3 +170,19 @@ def test_read_checkpoint_directories(tmp_path, r101, r101_state):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"bad\.pt"):
         read_original_checkpoint(bad)
+
+
+def test_unreadable_checkpoint_files_are_one_short_reason(tmp_path):
+    """Garbage and pickled objects get one line saying what the file is not, instead of
+    torch's paragraph about loading with weights_only=False (never done here)."""
+    from dmm_deploy.model.checkpoint import read_original_checkpoint
+
+    garbage = tmp_path / "trainer.pt"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(ValueError, match=r"trainer\.pt: not a PyTorch weights file") as e:
+        read_original_checkpoint(garbage)
+    assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
+    pickled = tmp_path / "objects.pt"
+    torch.save({"encoder": object()}, pickled)
+    with pytest.raises(ValueError, match=r"objects\.pt: it holds Python objects besides tensors"):
+        read_original_checkpoint(pickled)

@@ -45,6 +45,7 @@ __all__ = [
     "load_original_checkpoint",
     "original_key_map",
     "read_original_checkpoint",
+    "torch_load_reason",
 ]
 
 
@@ -94,6 +95,24 @@ def _to_original(key: str) -> str | None:
     return None
 
 
+def torch_load_reason(e: BaseException) -> str:
+    """Why a ``torch.load(..., weights_only=True)`` failed, in one short line: torch's own
+    message for it is a paragraph about re-running with ``weights_only=False``, which this
+    project never does (it would run code from the file)."""
+    text = str(e)
+    if "Weights only load failed" not in text:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        return (lines[0] if lines else type(e).__name__)[:240]
+    found = re.search(r"WeightsUnpickler error: *([^\n]*)", text)
+    detail = found.group(1).strip() if found else ""
+    if detail.startswith("Unsupported global"):
+        return (
+            "it holds Python objects besides tensors, which are not loaded (no code from a "
+            "weights file is run): save a state dict (torch.save(model.state_dict(), path))"
+        )
+    return "not a PyTorch weights file" + (f" ({detail[:120]})" if detail else "")
+
+
 def _strip_module(key: str) -> str:
     return ".".join(p for p in key.split(".") if p != "module")
 
@@ -110,7 +129,7 @@ def read_original_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]
         try:
             sd = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"cannot read checkpoint file {p}: {e}") from e
+            raise ValueError(f"cannot read checkpoint file {p}: {torch_load_reason(e)}") from e
         if not isinstance(sd, Mapping):
             raise ValueError(f"checkpoint file {p} does not hold a state dict")
         return dict(sd)

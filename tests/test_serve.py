@@ -579,6 +579,165 @@ def test_commands_refuse_bad_arguments_in_one_line(bundle_dir, tmp_path):
         run_triton_repo(_parse(add_triton_repo_args, [b, str(tmp_path / "r")]))
 
 
+def _snapshot(folder: Path) -> dict[str, tuple[int, str] | None]:
+    """Every entry under ``folder``: a file's size and SHA-256, None for a folder."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): (
+            (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()) if p.is_file() else None
+        )
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    """``dmm-deploy ARGV`` in this process: its exit code and its stderr."""
+    from dmm_deploy.cli import main
+
+    capsys.readouterr()
+    rc = main(argv)
+    return rc, capsys.readouterr().err
+
+
+def _fake_repository(folder: Path) -> Path:
+    """A model repository as this package writes it (what ``--overwrite`` may replace)."""
+    from dmm_deploy.serve.repository import MODEL_NAME, SHIM
+
+    (folder / MODEL_NAME / "1").mkdir(parents=True)
+    (folder / MODEL_NAME / "1" / "model.py").write_text(SHIM.format(module="triton_model"))
+    (folder / MODEL_NAME / "config.pbtxt").write_text('name: "dmm_segment"\n')
+    return folder
+
+
+def test_an_out_in_or_around_the_bundle_is_refused_before_anything_is_deleted(
+    bundle_dir, tmp_path, capsys
+):
+    """``triton-repo --overwrite`` and ``serve --repository`` refuse an output folder that is
+    the bundle, holds it (the bundle was deleted with it) or lies in it: one line, exit 2,
+    the bundle and the folder around it untouched (no tritonclient needed)."""
+    import shutil
+
+    outer = tmp_path / "outer"
+    bundle = outer / "bundle"
+    shutil.copytree(bundle_dir, bundle)
+    (tmp_path / "link").symlink_to(bundle, target_is_directory=True)
+    before = _snapshot(tmp_path)
+    b = str(bundle)
+    cases = [
+        (["triton-repo", b, str(outer), "--overwrite"], "OUT", "holds the bundle"),
+        (["triton-repo", b, b, "--overwrite"], "OUT", "is the bundle's folder"),
+        (["triton-repo", b, str(tmp_path / "link"), "--overwrite"], "OUT", "bundle's folder"),
+        (["triton-repo", b, str(bundle / "repo")], "OUT", "lies in the bundle"),
+        (["serve", b, "--repository", b], "--repository", "is the bundle's folder"),
+        (["serve", b, "--repository", str(outer)], "--repository", "holds the bundle"),
+        (["serve", b, "--repository", str(bundle / "repo")], "--repository", "lies in the bundle"),
+    ]
+    for argv, arg, what in cases:
+        rc, err = _cli(argv, capsys)
+        assert rc == 2, (argv, err)
+        assert err.startswith(f"dmm-deploy {argv[0]}: error: {arg} "), (argv, err)
+        assert what in err and err.count("\n") == 1, (argv, err)
+        assert _snapshot(tmp_path) == before, argv
+
+
+def test_triton_repo_overwrite_replaces_only_a_repository_it_wrote(bundle_dir, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    rc, err = _cli(["triton-repo", str(bundle_dir), str(out), "--overwrite"], capsys)
+    assert rc == 2 and "OUT" in err and "holds no model repository" in err, err
+    assert err.count("\n") == 1 and (out / "notes.txt").read_text() == "keep me"
+
+
+def test_a_missing_serve_extra_is_one_line_after_the_arguments_and_touches_nothing(
+    bundle_dir, tmp_path, monkeypatch, capsys
+):
+    """Without tritonclient or tritonserver (the serve extra), ``triton-repo --overwrite`` and
+    ``serve`` stop in one line naming what to install, before any folder is written or
+    deleted; the arguments are checked before and keep their own errors."""
+    import sys
+
+    import onnxruntime
+
+    from dmm_deploy.serve import repository
+
+    for name in ("tritonclient", "tritonclient.grpc", "pytriton"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails, find_spec says missing
+    old = _fake_repository(tmp_path / "old")
+    before = _snapshot(tmp_path)
+    b = str(bundle_dir)
+    new = str(tmp_path / "new")
+    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    cases = [
+        (["triton-repo", b, str(old), "--overwrite"], "tritonclient[grpc]"),
+        (["triton-repo", b, new, "--platform", "python"], "tritonclient[grpc]"),
+        (["serve", b, "--repository", new], "tritonclient[grpc]"),
+        (["serve", b], "tritonclient[grpc]"),
+        (["serve", b, "--threads", "0"], "--threads"),
+        (["serve", b, "--backend", "tensorrt"], "--backend tensorrt runs on --device cuda"),
+        (["serve", b, "--device", "cuda"], "dmm-deploy[serve]" if cuda else "--device cuda"),
+        (["serve", b, "--max-batch", "0", "--repository", new], "--max-batch"),
+        (["triton-repo", b, str(old)], "not empty"),
+    ]
+    for argv, what in cases:
+        rc, err = _cli(argv, capsys)
+        assert rc == 2, (argv, err)
+        assert what in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+        if "tritonclient" in what:
+            assert "pip install 'dmm-deploy[serve]'" in err, err
+        assert _snapshot(tmp_path) == before, argv
+    # with tritonclient, the server (nvidia-pytriton) is the missing part of the extra
+    monkeypatch.setattr(repository, "_require_config_protobufs", lambda: None)
+    rc, err = _cli(["serve", b, "--repository", new], capsys)
+    assert rc == 2 and "tritonserver not found" in err and "dmm-deploy[serve]" in err, err
+    assert _snapshot(tmp_path) == before
+
+
+def test_triton_repo_overwrite_swaps_in_a_complete_repository(bundle_dir, tmp_path, monkeypatch):
+    """The new repository is written beside OUT and moved in place only when complete: a
+    failure part-way leaves the earlier repository as it was, and no temporary folder."""
+    from dmm_deploy.serve import repository
+
+    try:
+        from tritonclient.grpc import model_config_pb2  # noqa: F401
+    except (ImportError, RuntimeError):  # the configs are then written without the parse check
+        monkeypatch.setattr(repository, "_require_config_protobufs", lambda: None)
+        monkeypatch.setattr(repository, "check_config", lambda text, where="": None)
+    out = tmp_path / "repo"
+    models = repository.write_triton_repo(bundle_dir, out, platform="python")
+    assert all(d.parent == out and (d / "config.pbtxt").is_file() for d in models.values())
+    (tmp_path / "probe").mkdir()  # a new folder's permissions (the umask's)
+    assert out.stat().st_mode & 0o777 == (tmp_path / "probe").stat().st_mode & 0o777
+    (tmp_path / "probe").rmdir()
+    (out / "dmm_encoder" / "stale.txt").write_text("from the earlier repository")
+    before = _snapshot(tmp_path)
+
+    write_model = repository._write_model
+
+    def failing(root, name, config, shim=None):  # the disk fills up at the last model
+        if name == repository.MODEL_NAME:
+            raise OSError(28, "No space left on device", str(root / name))
+        return write_model(root, name, config, shim)
+
+    monkeypatch.setattr(repository, "_write_model", failing)
+    with pytest.raises(OSError, match="No space left"):
+        repository.write_triton_repo(bundle_dir, out, overwrite=True)
+    assert _snapshot(tmp_path) == before  # the earlier repository, nothing beside it
+    # an empty OUT (a mount point, say) is filled in place, and emptied again on failure
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        repository.write_triton_repo(bundle_dir, tmp_path / "empty")
+    assert list((tmp_path / "empty").iterdir()) == []
+    (tmp_path / "empty").rmdir()
+    monkeypatch.setattr(repository, "_write_model", write_model)
+    models = repository.write_triton_repo(bundle_dir, out, overwrite=True)
+    assert sorted(e.name for e in tmp_path.iterdir()) == ["repo"]
+    assert not (out / "dmm_encoder" / "stale.txt").exists()
+    assert (models["dmm_encoder"] / "1" / "model.onnx").is_file()
+    assert (out / "dmm_segment" / "bundle" / "manifest.json").is_file()
+
+
 def test_serve_command_serves_until_sigterm(bundle_dir, tmp_path):
     """``serve`` starts the server on the given ports, answers, and on SIGTERM stops it and
     exits 0 (no server process left behind)."""

@@ -1,7 +1,9 @@
 """Command-line entry points: ``dmm-deploy serve``, ``client`` and ``triton-repo``.
 
 Light at import time (argparse only); each ``run_*`` imports what it needs. Bad arguments
-raise ``ValueError``/``FileNotFoundError`` with one line naming the argument.
+raise ``ValueError``/``FileNotFoundError`` with one line naming the argument; a missing module
+of the ``serve`` extra is one line naming what to install (checked after the arguments,
+before anything is written).
 """
 
 from __future__ import annotations
@@ -87,14 +89,9 @@ def run_serve(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from dmm_deploy.runtime.backends import BACKENDS, DEVICES
     from dmm_deploy.serve.repository import write_serve_repository
     from dmm_deploy.serve.tritonserver import TritonServer
 
-    if args.backend not in BACKENDS:
-        raise ValueError(f"--backend must be one of {BACKENDS}, got {args.backend!r}")
-    if args.device not in DEVICES:
-        raise ValueError(f"--device must be one of {DEVICES}, got {args.device!r}")
     if not Path(args.bundle).is_dir():
         raise FileNotFoundError(f"BUNDLE: {args.bundle} is not a folder")
     ports = [
@@ -110,17 +107,20 @@ def run_serve(args: argparse.Namespace) -> int:
         tmp = Path(tempfile.mkdtemp(prefix="dmm-serve-"))
         repo = tmp / "repository"
     try:
-        write_serve_repository(
-            args.bundle,
-            repo,
-            max_streams=args.max_streams,
-            idle_timeout=args.idle_timeout,
-            max_batch=args.max_batch,
-            queue_delay_ms=args.batch_delay_ms,
-            backend=args.backend,
-            device=args.device,
-            threads=args.threads,
-        )
+        try:  # checks every other argument and what the server needs before writing
+            write_serve_repository(
+                args.bundle,
+                repo,
+                max_streams=args.max_streams,
+                idle_timeout=args.idle_timeout,
+                max_batch=args.max_batch,
+                queue_delay_ms=args.batch_delay_ms,
+                backend=args.backend,
+                device=args.device,
+                threads=args.threads,
+            )
+        except ImportError as e:  # the serve extra (or the backend's) is not installed
+            raise ValueError(str(e)) from e
         srv = TritonServer(
             repo,
             http_port=ports[0],
@@ -213,7 +213,11 @@ def add_triton_repo_args(p: argparse.ArgumentParser) -> None:
         help="how the stateless stages are served (default onnxruntime; python: on the CPU "
         "through the Python backend, e.g. to try the repository without a GPU)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a repository written earlier in OUT (kept until the new one is complete)",
+    )
     _limits(p, 256, 16, 2.0)
 
 
@@ -224,16 +228,19 @@ def run_triton_repo(args: argparse.Namespace) -> int:
 
     if not Path(args.bundle).is_dir():
         raise FileNotFoundError(f"BUNDLE: {args.bundle} is not a folder")
-    models = write_triton_repo(
-        args.bundle,
-        args.out,
-        platform=args.platform,
-        max_streams=args.max_streams,
-        idle_timeout=args.idle_timeout,
-        max_batch=args.max_batch,
-        queue_delay_ms=args.batch_delay_ms,
-        overwrite=args.overwrite,
-    )
+    try:
+        models = write_triton_repo(
+            args.bundle,
+            args.out,
+            platform=args.platform,
+            max_streams=args.max_streams,
+            idle_timeout=args.idle_timeout,
+            max_batch=args.max_batch,
+            queue_delay_ms=args.batch_delay_ms,
+            overwrite=args.overwrite,
+        )
+    except ImportError as e:  # tritonclient (the serve extra) is not installed
+        raise ValueError(str(e)) from e
     for name, d in models.items():
         print(f"{name}: {d}")
     if args.platform == "tensorrt_plan":

@@ -420,6 +420,43 @@ def test_cli_eval_prints_table_and_writes_csv(davis_dirs, capsys):
     assert float(rows[0]["J-Mean"]) < 1.0
 
 
+def test_cli_eval_replaces_an_existing_csv_only_with_overwrite(davis_dirs, capsys):
+    """An existing --csv file (say a bundle's manifest.json) is refused, before the work,
+    unless --overwrite; even then only a regular file is replaced, never a folder or a link."""
+    root, _, _ = davis_dirs
+    argv = ["eval", "--gt", str(root / "gt"), "--pred", str(root / "pred"), "--no-progress"]
+    kept = root / "manifest.json"
+    kept.write_text('{"format": 1}\n')
+    assert main([*argv, "--csv", str(kept)]) == 2
+    cap = capsys.readouterr()
+    assert cap.err.strip().splitlines() == [
+        f"dmm-deploy eval: error: --csv {kept} exists: pass --overwrite to replace it, or "
+        "choose another file"
+    ]
+    assert "J&F-Mean" not in cap.out and kept.read_text() == '{"format": 1}\n'
+    assert main([*argv, "--csv", str(kept), "--overwrite"]) == 0
+    assert capsys.readouterr().out.endswith(f"wrote {kept}\n")
+    assert kept.read_text().startswith("level,name,sequence,object,frames,J&F-Mean")
+    assert main([*argv, "--csv", str(root / "gt"), "--overwrite"]) == 2
+    assert "is a folder; expected a file name" in capsys.readouterr().err
+    assert (root / "gt" / "seqA").is_dir()
+    link = root / "link.csv"
+    link.symlink_to(kept)
+    assert main([*argv, "--csv", str(link), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.endswith(
+            "is a symbolic link; --overwrite replaces regular files only, choose another file"
+        )
+        and len(err.splitlines()) == 1
+    )
+    assert link.is_symlink()
+    new = root / "new.csv"  # a new file needs no --overwrite
+    assert main([*argv, "--csv", str(new)]) == 0 and new.is_file()
+    assert main([*argv, "--csv", str(root / "gt" / "x.csv"), "--overwrite"]) == 2
+    assert "lies in the --gt folder" in capsys.readouterr().err  # --overwrite allows no more
+
+
 def test_cli_eval_errors_are_one_line(davis_dirs, capsys):
     root, _, _ = davis_dirs
     (root / "pred" / "seqB" / "00002.png").write_bytes(b"not a png")

@@ -422,6 +422,8 @@ def options_from_args(args: argparse.Namespace) -> SegmentOptions:
             raise ValueError(
                 f"--frames must be a folder of images, got the file {source} (use --video)"
             )
+    if not str(args.out).strip():
+        raise ValueError(f"--out must name a folder, got {args.out!r}")
     return SegmentOptions(
         frames=source,
         out=Path(args.out),
@@ -574,7 +576,8 @@ def check_inputs(opts: SegmentOptions) -> _Inputs:
         frames = opts.frames
         video = is_stream(frames) or frames.is_file() or frames.suffix.lower() in VIDEO_SUFFIXES
         arg = "--video" if video else "--frames"  # --frames takes folders only
-        raise type(e)(f"{arg}: {e}") from e
+        kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
+        raise kind(f"{arg}: {e}") from e
     size = source.size
     first_mask = None
     if opts.mask is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,13 +155,20 @@ CASES = [
     ("frames-is-file", lambda w, o: seg(w, o, frames=w["file"]), r"--frames must be a folder of images, got the file .*a_file\.txt \(use --video\)"),
     ("video-is-folder", lambda w, o: seg(w, o, frames=None, video=w["frames"]), r"--video must be a video file, a stream URL or a device, got the folder"),
     ("video-missing", lambda w, o: seg(w, o, frames=None, video=w["file"].parent / "clip.mp4"), r"--video not found: .*clip\.mp4 \(expected a video file, a stream URL"),
-    ("mask-missing", lambda w, o: seg(w, o, mask=w["file"].parent / "m.png"), r"mask not found: .*m\.png"),
+    ("mask-missing", lambda w, o: seg(w, o, mask=w["file"].parent / "m.png"), r"--mask not found: .*m\.png \(expected the first frame's annotation, a PNG file\)"),
     ("mask-size", lambda w, o: seg(w, o, mask=w["big_mask"]), r"big\.png is 64x49 .* frames are 64x48"),
     ("mask-empty", lambda w, o: seg(w, o, mask=w["empty_mask"]), r"--mask .*empty\.png holds no object"),
     ("mask-void-only", lambda w, o: seg(w, o, mask=w["void_mask"]), r"--mask .*void\.png holds no object \(only background 0 and void 255\)"),
     ("mask-rgb", lambda w, o: seg(w, o, mask=w["rgb_mask"]), r"rgb\.png is a 'RGB' image; expected a palette"),
     ("mask-corrupt", lambda w, o: seg(w, o, mask=w["bad_png"]), r"cannot read mask .*corrupt\.png"),
-    ("annotations-missing", lambda w, o: seg(w, o, annotations=w["file"].parent / "noann"), r"folder not found: .*noann"),
+    ("annotations-missing", lambda w, o: seg(w, o, annotations=w["file"].parent / "noann"), r"--annotations not found: .*noann \(expected a folder of PNG annotations\)"),
+    ("annotations-is-file", lambda w, o: seg(w, o, annotations=w["mask"]), r"--annotations .* is a file: expected a folder of PNG annotations"),
+    ("mask-is-folder", lambda w, o: seg(w, o, mask=w["frames"]), r"--mask .*frames is a folder: expected the first frame's annotation, a PNG file"),
+    ("video-not-a-video", lambda w, o: seg(w, o, frames=None, video=w["file"]), r"--video: frames must be a folder of images or a video file .*a_file\.txt"),
+    ("precomputed-is-folder", lambda w, o: seg(w, o, proposals=f"precomputed:{w['frames']}"), r"--proposals precomputed:.*frames is a folder: expected a \.npz"),
+    ("out-empty", lambda w, o: seg(w, o, out=""), r"--out must name a folder, got ''"),
+    ("bundle-is-file", lambda w, o: seg(w, o, bundle=w["file"], random_weights=None), r"--bundle .*a_file\.txt is a file: expected a folder written by dmm-deploy export-model"),
+    ("tensorrt-on-cpu", lambda w, o: seg(w, o, bundle=w["bundle"], random_weights=None, backend="tensorrt"), r"--backend tensorrt runs on --device cuda only"),
     ("annotations-size", lambda w, o: seg(w, o, annotations=w["bad_ann"]), r"00003\.png is 64x40 .* frames are 64x48"),
     ("annotations-no-first", lambda w, o: seg(w, o, mask=None, annotations=w["late_ann"]), r"no annotation for the first frame '00000'"),
     ("frames-duplicate-stems", lambda w, o: seg(w, o, frames=w["dup"]), r"dup_frames holds two images named '00000' \(00000\.jpg and 00000\.png\)"),
@@ -173,7 +181,8 @@ CASES = [
     ("out-is-frames", lambda w, o: seg(w, o, out=w["frames"]), r"--out .*frames is the --frames folder"),
     ("out-not-empty", lambda w, o: seg(w, o), r"--out .* is not empty \(1 entries, e\.g\. notes\.txt\): pass --overwrite"),
     ("out-partial-not-empty", lambda w, o: seg(w, o), r"is not empty \(unfinished run, 2 of 6 frames written \(interrupted after 2 of 6 frames\); .* --resume to continue it"),
-    ("overwrite-foreign-files", lambda w, o: seg(w, o, overwrite=True), r"--overwrite: --out .* holds other things than masks \(notes\.txt\); they are not deleted"),
+    ("overwrite-foreign-files", lambda w, o: seg(w, o, overwrite=True), r"--overwrite: --out .* holds other things than masks written by dmm-deploy \(notes\.txt\); they are not deleted"),
+    ("overwrite-foreign-pngs", lambda w, o: seg(w, o, overwrite=True), r"--overwrite: --out .* holds other things than masks written by dmm-deploy \(99999\.png, gimp\.png, grey\.png and 1 more\); they are not deleted"),
     ("overwrite-deletes-mask", lambda w, o: seg(w, o, overwrite=True, mask=o / "00000.png"), r"--overwrite would delete --mask .*00000\.png, which lies in --out"),
     ("resume-finished-run", lambda w, o: seg(w, o, resume=True), r"--resume: --out .* holds no unfinished run"),
     ("resume-other-settings", lambda w, o: seg(w, o, resume=True, input_size="96x128"), r"--resume: the unfinished run in .* used other settings \(input_size: \[64, 112\], now \[96, 128\]\)"),
@@ -199,6 +208,7 @@ CASES = [
     ("eval-csv-below-file", lambda w, o: ["eval", "--gt", str(w["gt"]), "--pred", str(w["pred"]), "--csv", str(w["file"] / "r.csv")], r"dmm-deploy eval: error: --csv .*r\.csv lies below the file"),
     ("eval-strict-unknown-id", lambda w, o: ["eval", "--gt", str(w["gt"]), "--pred", str(w["pred"]), "--strict"], r"dmm-deploy eval: error: sequence 'seq': predicted ids \[3, 9\] are not ground-truth objects .*refused by --strict"),  # 3: a late object (DAVIS scores the first frame's)
     ("eval-bound-th", lambda w, o: ["eval", "--gt", str(w["gt"]), "--pred", str(w["pred"]), "--bound-th", "0"], r"dmm-deploy eval: error: --bound-th must be > 0"),
+    ("export-model-overwrite-foreign", lambda w, o: ["export-model", "--out", str(o), "--overwrite", "--random-weights", "--backbone", "resnet18", "--input-size", "64x64"], r"dmm-deploy export-model: error: --out .*out holds a bundle and files that export-model did not write \(NOTES\.md, trt\); they are not deleted"),
     ("eval-gt-missing", lambda w, o: ["eval", "--gt", str(w["file"].parent / "nogt"), "--pred", str(w["pred"])], r"dmm-deploy eval: error: ground-truth folder not found: .*nogt"),
 ]  # fmt: skip
 
@@ -228,9 +238,42 @@ def _finished(w: dict[str, Path], o: Path) -> None:
     write_mask(o / "00000.png", np.zeros((4, 4), np.uint8))
 
 
+def _foreign_pngs(w: dict[str, Path], o: Path) -> None:
+    """A finished run's mask beside PNGs that ``segment`` did not write."""
+    from PIL import PngImagePlugin
+
+    _finished(w, o)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(o / "photo.png", format="JPEG")
+    (o / "99999.png").write_text("keep")
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(o / "grey.png")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "GIMP")  # a palette PNG, DAVIS palette, saved by another program
+    Image.open(w["mask"]).save(o / "gimp.png", pnginfo=info)
+
+
+def _bundle(o: Path) -> None:
+    """A bundle as export-model writes it, with the runtime's cache folder."""
+    o.mkdir()
+    stages = {"encoder": {"file": "encoder.onnx"}, "match": {"file": "match.onnx"}}
+    (o / "manifest.json").write_text(json.dumps({"format": "dmm-deploy-bundle", "stages": stages}))
+    (o / "encoder.onnx").write_bytes(b"graph")
+    (o / "match.onnx").write_bytes(b"graph")
+    (o / "engines").mkdir()
+    (o / "engines" / "encoder-ort-cpu-0123.onnx").write_bytes(b"cache")
+
+
+def _bundle_with_notes(w: dict[str, Path], o: Path) -> None:
+    _bundle(o)
+    (o / "NOTES.md").write_text("precious")
+    (o / "trt").mkdir()
+    (o / "trt" / "x.engine").write_bytes(b"e")
+
+
 PREPARED = {  # out folders that exist before the case
     "out-not-empty": _with_notes,
     "overwrite-foreign-files": _with_notes,
+    "overwrite-foreign-pngs": _foreign_pngs,
+    "export-model-overwrite-foreign": _bundle_with_notes,
     "resume-finished-run": _finished,
     "overwrite-deletes-mask": _finished,
     "out-partial-not-empty": _partial,
@@ -264,6 +307,44 @@ def test_hostile_case_is_one_line_exit_2_output_untouched(
     assert stdout == ""  # nothing printed before the check (eval: no table)
     assert listing(out) == before  # never created, never changed
     assert {n: (out / n).read_bytes() for n in before or [] if (out / n).is_file()} == before_bytes
+
+
+@pytest.mark.parametrize(
+    ("change", "foreign"),
+    [
+        (None, None),
+        (lambda o: (o / "NOTES.md").write_text("mine"), "NOTES.md"),
+        (lambda o: (o / "old.onnx").write_bytes(b"a graph the manifest does not name"), "old.onnx"),
+        (lambda o: os.symlink(o / "encoder.onnx", o / "decoder.onnx"), "decoder.onnx"),
+        (lambda o: shutil.rmtree(o / "engines") or (o / "engines").write_text("x"), "engines"),
+        (lambda o: (o / "match.onnx").unlink() or (o / "match.onnx").mkdir(), "match.onnx"),
+    ],
+    ids=["bundle", "notes", "unnamed-graph", "link", "engines-file", "stage-folder"],
+)
+def test_export_model_replaces_only_what_an_export_wrote(tmp_path, change, foreign):
+    """--overwrite replaces a bundle folder holding manifest.json, the stage files it names
+    and the runtime's engines/ cache; anything else is named and nothing is deleted."""
+    from dmm_deploy.export.bundle_job import check_out
+
+    out = tmp_path / "out"
+    _bundle(out)
+    if change is not None:
+        change(out)
+    before = listing(out)
+    for overwrite in (True, False):
+        if foreign is None and overwrite:
+            check_out(out, overwrite)
+            continue
+        with pytest.raises(ValueError) as e:
+            check_out(out, overwrite)
+        if foreign is None:
+            assert str(e.value) == f"--out {out} holds a bundle: pass --overwrite to replace it"
+        else:
+            assert str(e.value) == (
+                f"--out {out} holds a bundle and files that export-model did not write "
+                f"({foreign}); they are not deleted: move them or choose a new or empty folder"
+            )
+    assert listing(out) == before
 
 
 @pytest.mark.skipif(

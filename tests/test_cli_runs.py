@@ -6,12 +6,14 @@
 - PyTorch: a tiny DMM-Net (ResNet-18, 64 x 112 input, random weights) on oracle proposals.
 
 Covered: lock, Ctrl-C (exit 130, partial marker, no overlay), a bad frame mid-video, --resume
-equal to an uninterrupted run, --overwrite removing stale masks, progress lines off a
+equal to an uninterrupted run, --overwrite removing stale masks (and only the masks it wrote),
+``export-model --overwrite`` checking --out again before replacing it, progress lines off a
 terminal, -q, singular words, void ids, AppleDouble files, live sources, unusable weights.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -20,12 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from dmm_deploy.cli import main
 from dmm_deploy.data import make_synthetic_video, read_label_dir, read_mask, write_mask
 from dmm_deploy.data.frames import Frame, FrameSource
-from dmm_deploy.data.output import LOCK_FILE, PARTIAL_MARKER, ResultFolder, read_partial
+from dmm_deploy.data.output import (
+    LOCK_FILE,
+    PARTIAL_MARKER,
+    ResultFolder,
+    is_written_mask,
+    read_partial,
+)
 
 T = 6
 
@@ -247,6 +255,81 @@ def test_overwrite_removes_stale_masks(video, runtime, tmp_path, capsys):
     assert pngs(out) == ["00099.png"]
     assert run(capsys, bundle_args(video, out, "--overwrite"))[0] == 0
     assert pngs(out) == [f"{t:05d}.png" for t in range(T)]
+
+
+def foreign_pngs(folder: Path, like: Path) -> dict[str, bytes]:
+    """PNG-named files that ``segment`` does not write, in ``folder``; their bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(folder / "photo.png", format="JPEG")
+    (folder / "99999.png").write_text("keep")
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(folder / "grey.png")
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(folder / "rgb.png")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "GIMP")  # the writer's format, saved by another program
+    Image.open(like).save(folder / "annotation.png", pnginfo=info)
+    (folder / "00007.PNG").write_bytes((like).read_bytes())  # not a name the writer gives
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_is_written_mask_knows_the_writers_pngs(video, tmp_path):
+    mask = video.root / "annotations" / "00000.png"
+    assert is_written_mask(mask)
+    write_mask(tmp_path / "big.png", np.random.default_rng(0).integers(0, 255, (600, 500)))
+    assert is_written_mask(tmp_path / "big.png")  # several IDAT chunks
+    foreign_pngs(tmp_path / "f", mask)
+    (tmp_path / "f" / "link.png").symlink_to(mask)
+    (tmp_path / "f" / "cut.png").write_bytes(mask.read_bytes()[:-12])  # no IEND
+    (tmp_path / "f" / "folder.png").mkdir()
+    assert [p.name for p in sorted((tmp_path / "f").iterdir()) if is_written_mask(p)] == []
+    assert not is_written_mask(tmp_path / "missing.png")
+
+
+def test_overwrite_deletes_only_the_masks_it_wrote(video, runtime, tmp_path, capsys):
+    out = tmp_path / "out"
+    foreign = foreign_pngs(out, video.root / "annotations" / "00000.png")
+    write_mask(out / "00099.png", np.ones((48, 64), np.uint8))
+    (out / PARTIAL_MARKER).write_text("{}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, stdout, err = run(capsys, bundle_args(video, out, "--overwrite"))
+    assert code == 2 and stdout == ""
+    (line,) = err.strip().splitlines()
+    assert line == (
+        f"dmm-deploy segment: error: --overwrite: --out {out} holds other things than masks "
+        "written by dmm-deploy (00007.PNG, 99999.png, annotation.png and 3 more); they are not "
+        "deleted: move them or choose another folder"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing deleted
+    assert runtime.made == []  # refused before the segmenter was built
+    for name in foreign:
+        (out / name).unlink()
+    assert run(capsys, bundle_args(video, out, "--overwrite"))[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{t:05d}.png" for t in range(T)]
+
+
+def test_export_model_checks_out_again_before_replacing_it(tmp_path, monkeypatch, capsys):
+    """A file put into --out while the export ran is not deleted: the new bundle is moved in
+    place only when --out still holds nothing but the earlier bundle."""
+    pytest.importorskip("torch")
+    from dmm_deploy.export import bundle
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"format": "dmm-deploy-bundle", "v": "old"}))
+
+    def export(net, dest, **kw):
+        (Path(dest) / "manifest.json").write_text(json.dumps({"format": "dmm-deploy-bundle"}))
+        (out / "NOTES.md").write_text("written while the export ran")
+
+    monkeypatch.setattr(bundle, "export_bundle", export)
+    argv = ["export-model", "--out", str(out), "--overwrite", "--random-weights",
+            "--backbone", "resnet18", "--input-size", "64x64", "--matching-only"]  # fmt: skip
+    code, _, err = run(capsys, argv)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert "holds a bundle and files that export-model did not write (NOTES.md)" in line
+    assert json.loads((out / "manifest.json").read_text())["v"] == "old"
+    assert (out / "NOTES.md").read_text() == "written while the export ran"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no temporary left
 
 
 def test_progress_lines_when_not_a_terminal_and_quiet(video, runtime, tmp_path, capsys):

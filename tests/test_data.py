@@ -370,6 +370,23 @@ def test_hidden_files_are_ignored_and_duplicate_stems_refused(tmp_path):
         open_frames(tmp_path)
 
 
+def test_a_frame_that_links_to_nothing_is_refused(tmp_path):
+    """A dangling link among the frames would silently drop a frame and shift the frame index
+    of every later one (and the name of its mask)."""
+    from dmm_deploy.data import DataFileError
+    from dmm_deploy.data.davis import list_images
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    for name in ("00000.jpg", "00002.jpg"):
+        Image.fromarray(img).save(tmp_path / name)
+    (tmp_path / "00001.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(DataFileError, match=r"00001\.jpg is a link to a file that does not exist"):
+        list_images(tmp_path)
+    (tmp_path / "00001.jpg").unlink()
+    (tmp_path / "00001.jpg").symlink_to(tmp_path / "00000.jpg")  # a working link is a frame
+    assert [p.name for p in list_images(tmp_path)] == ["00000.jpg", "00001.jpg", "00002.jpg"]
+
+
 def test_atomic_output_leaves_the_old_file_on_error(tmp_path):
     from dmm_deploy.data.davis import atomic_output
 
@@ -450,3 +467,152 @@ def test_precomputed_detections_refuse_frames_beyond_their_video(tmp_path):
     with pytest.raises(ValueError, match=r"frame 4 is beyond the 4 frames of .*d\.npz") as e:
         det.frame_arrays(4, frame)
     assert "\n" not in str(e.value)
+
+
+def _detections_file(path: Path, **change) -> Path:
+    """A valid detections file of a 4-frame video (3 detections), with ``change``d arrays."""
+    from dmm_deploy.data.detections import write_precomputed
+
+    write_precomputed(
+        path,
+        np.array([0, 1, 3]),
+        np.array([[1, 2, 10, 12], [0, 0, 5, 5], [3, 3, 9, 9]], np.float32),
+        np.array([0.9, 0.5, 0.7]),
+        np.full((3, 28, 28), 0.5),
+        "box",
+        (20, 30),
+        4,
+    )
+    if change:
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        np.savez(path, **{**arrays, **change})
+    return path
+
+
+def _one_line_error(path: Path, match: str) -> str:
+    from dmm_deploy.data.detections import PrecomputedFile
+
+    with pytest.raises(ValueError, match=match) as e:
+        PrecomputedFile(path)
+    message = str(e.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_precomputed_detections_damaged_files_are_one_clear_error(tmp_path):
+    """Truncated, empty, corrupted (bad CRC), or not an .npz at all: one ValueError naming the
+    file, never numpy's or zipfile's own exceptions (a traceback in ``segment``)."""
+    import zipfile
+
+    from dmm_deploy.data.detections import PrecomputedFile
+
+    good = _detections_file(tmp_path / "good.npz")
+    data = good.read_bytes()
+    unreadable = r"is not a readable precomputed-detections \.npz"
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    _one_line_error(tmp_path / "cut.npz", f"{unreadable}: truncated or damaged zip archive")
+    (tmp_path / "head.npz").write_bytes(data[:500])
+    _one_line_error(tmp_path / "head.npz", f"{unreadable}: truncated or damaged zip archive")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    _one_line_error(tmp_path / "empty.npz", f"{unreadable}: the file is empty")
+    with zipfile.ZipFile(good) as z:  # one byte flipped inside masks.npy's compressed data
+        info = z.getinfo("masks.npy")
+    start = info.header_offset + 30 + int.from_bytes(data[info.header_offset + 26 :][:2], "little")
+    start += int.from_bytes(data[info.header_offset + 28 :][:2], "little")
+    flipped = bytearray(data)
+    flipped[start + info.compress_size // 2] ^= 0xFF
+    (tmp_path / "flip.npz").write_bytes(bytes(flipped))
+    _one_line_error(tmp_path / "flip.npz", f"{unreadable}: array 'masks' cannot be read")
+    (tmp_path / "text.npz").write_text("frame,boxes\n0,1 2 3 4\n")
+    message = _one_line_error(tmp_path / "text.npz", f"{unreadable}: it is not an .npz archive")
+    assert "pickle" not in message
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    _one_line_error(tmp_path / "one.npy", f"{unreadable}: it is one .npy array")
+    with zipfile.ZipFile(tmp_path / "raw.npz", "w") as z:  # a zip, but not of .npy arrays
+        z.writestr("frame", "0 1 2")
+    _one_line_error(tmp_path / "raw.npz", r"'frame' in the archive is not a \.npy array")
+    assert PrecomputedFile(good).num_frames == 4  # the original still reads
+
+
+def test_precomputed_detections_refuse_bad_contents_at_load(tmp_path):
+    """A wrong mask_kind, frame indices outside the video, NaN or infinite boxes, scores or
+    masks are refused when the file is read, naming what is wrong, not later (silently no
+    detections, or a RuntimeWarning)."""
+    from dmm_deploy.data.detections import PrecomputedFile
+
+    message = _one_line_error(
+        _detections_file(tmp_path / "kind.npz", mask_kind=np.array("foo")),
+        r"mask_kind must be 'box' or 'frame', got 'foo'",
+    )
+    assert "inconsistent" not in message
+    _one_line_error(
+        _detections_file(tmp_path / "late.npz", frame=np.array([0, 7, 3])),
+        r"frame index 7 \(detection 1\) is outside \[0, 4\)",
+    )
+    _one_line_error(
+        _detections_file(tmp_path / "negative.npz", frame=np.array([0, -1, 3])),
+        r"frame index -1 \(detection 1\) is outside \[0, 4\)",
+    )
+    path = _detections_file(tmp_path / "no_length.npz")  # other writers: no num_frames
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if k != "num_frames"}
+    np.savez(path, **arrays)
+    assert PrecomputedFile(path).num_frames == 4
+    np.savez(path, **{**arrays, "frame": np.array([0, -2, 3])})
+    _one_line_error(path, r"frame index -2 \(detection 1\) is outside \[0, 4\)")
+    np.savez(path, **{**arrays, "frame": np.array([0.0, 1.5, 3.0])})
+    _one_line_error(path, r"frame must hold whole frame indices")
+    boxes = np.array([[1, 2, 10, 12], [0, 0, 5, 5], [3, np.nan, 9, 9]], np.float32)
+    _one_line_error(
+        _detections_file(tmp_path / "nan_box.npz", boxes=boxes),
+        r"the box of detection 2 \(frame 3\) is NaN or infinite: 3, nan, 9, 9",
+    )
+    _one_line_error(
+        _detections_file(tmp_path / "inf_score.npz", scores=np.array([0.9, np.inf, 0.7])),
+        r"the score of detection 1 \(frame 1\) is NaN or infinite: inf",
+    )
+    _one_line_error(  # float64 beyond float32: infinite once read
+        _detections_file(tmp_path / "huge_score.npz", scores=np.array([0.9, 1e300, 0.7])),
+        r"the score of detection 1 \(frame 1\) is NaN or infinite",
+    )
+    masks = np.full((3, 28, 28), 0.5, np.float32)
+    masks[0, 3, 4] = -np.inf
+    _one_line_error(
+        _detections_file(tmp_path / "inf_mask.npz", masks=masks),
+        r"the mask of detection 0 \(frame 0\) has NaN or infinite values",
+    )
+    _one_line_error(
+        _detections_file(tmp_path / "length.npz", num_frames=np.array(-1)),
+        r"num_frames must be a whole number >= 0, got -1",
+    )
+    _one_line_error(
+        _detections_file(tmp_path / "size.npz", image_size=np.array([20.5, 30])),
+        r"image_size must be H, W > 0, got \[20\.5, 30\.0\]",
+    )
+    _one_line_error(
+        _detections_file(tmp_path / "text_masks.npz", masks=np.full((3, 28, 28), "x")),
+        r"masks must be numbers, got <U1 values",
+    )
+
+
+def test_precomputed_detections_valid_files_read_as_before(tmp_path):
+    """The checks refuse nothing valid: float masks (probabilities), float16 frame maps, frame
+    indices stored as whole floats, no detections at all."""
+    from dmm_deploy.data.detections import PrecomputedFile, write_precomputed
+
+    frame = np.zeros((20, 30, 3), np.uint8)
+    path = _detections_file(
+        tmp_path / "float.npz",
+        masks=np.full((3, 28, 28), 0.25, np.float16),
+        frame=np.array([0.0, 1, 3]),
+    )
+    det = PrecomputedFile(path)
+    boxes, scores, masks = det.frame_arrays(3, frame)
+    assert boxes.tolist() == [[3, 3, 9, 9]] and scores.tolist() == [pytest.approx(0.7)]
+    assert masks.dtype == np.float32 and np.all(masks == 0.25)
+    empty = tmp_path / "empty.npz"
+    write_precomputed(empty, [], [], [], np.zeros((0, 20, 30)), "frame", (20, 30), 2)
+    det = PrecomputedFile(empty)
+    assert det.kind == "frame" and det.num_frames == 2
+    assert [len(a) for a in det.frame_arrays(1, frame)] == [0, 0, 0]

@@ -92,17 +92,19 @@ def list_images(directory: str | Path, suffixes: Sequence[str] = IMAGE_SUFFIXES)
 
     Raises:
         FileNotFoundError: ``directory`` does not exist or is not a folder.
-        DataFileError: two files share a stem (``00001.jpg`` and ``00001.png``).
+        DataFileError: two files share a stem (``00001.jpg`` and ``00001.png``), or an image
+            name is a link to nothing (a frame left out would shift every later one).
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"folder not found: {directory}")
     suffixes = tuple(s.lower() for s in suffixes)
-    files = [
-        p
-        for p in directory.iterdir()
-        if not p.name.startswith(".") and p.suffix.lower() in suffixes and p.is_file()
-    ]
+    named = [p for p in directory.iterdir() if not p.name.startswith(".")]
+    named = [p for p in named if p.suffix.lower() in suffixes]
+    for p in named:
+        if p.is_symlink() and not p.exists():
+            raise DataFileError(p, f"{p} is a link to a file that does not exist")
+    files = [p for p in named if p.is_file()]
     files = sorted(files, key=lambda p: natural_key(p.name))
     seen: dict[str, Path] = {}
     for f in files:

@@ -5,7 +5,8 @@
 - :func:`check_output_path` refuses, before any work, a path that is a file, lies below a
   file, or cannot be written;
 - :meth:`ResultFolder.open` refuses a non-empty folder unless ``overwrite`` (which deletes the
-  previous masks, and refuses to delete anything else) or ``resume`` (which continues an
+  previous masks, and refuses to delete anything else: a PNG counts as a mask only when it
+  is one this tool writes, see :func:`is_written_mask`) or ``resume`` (which continues an
   unfinished run with the same settings); a lock file (``.dmm-deploy.lock``, held with
   ``flock`` while the run lasts) refuses a second writer;
 - while the run lasts, and after it stopped early, the folder holds :data:`PARTIAL_MARKER`
@@ -17,9 +18,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
+import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from dmm_deploy.data.davis import write_mask
+from dmm_deploy.data.davis import davis_palette, write_mask
 
 __all__ = [
     "LOCK_FILE",
@@ -36,6 +39,7 @@ __all__ = [
     "check_not_an_input",
     "check_output_path",
     "describe_partial",
+    "is_written_mask",
     "read_partial",
 ]
 
@@ -46,6 +50,8 @@ LOCK_FILE = ".dmm-deploy.lock"
 """Name of the lock file held by the run writing a folder."""
 
 _TMP = re.compile(r"^\..+\.tmp\d+\.[A-Za-z0-9]+$")  # atomic_output's temporary names
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 try:
     import fcntl
@@ -107,6 +113,54 @@ def check_not_an_input(
     for name, d in folders:
         if d is not None and Path(d).resolve() in target.parents:
             raise ValueError(f"{arg} {path} lies in the {name} folder {d}; choose another place")
+
+
+@functools.lru_cache(maxsize=1)
+def _palette_bytes() -> bytes:
+    return davis_palette().tobytes()
+
+
+def is_written_mask(path: str | Path) -> bool:
+    """Whether ``path`` is a mask as :func:`~dmm_deploy.data.davis.write_mask` writes it: a
+    regular file (no link) named ``<stem>.png``, an 8-bit palette PNG (not interlaced) whose
+    chunks are exactly IHDR, PLTE (the DAVIS palette), IDAT... and IEND. Other PNGs (photos,
+    greyscale or RGB images, PNGs carrying the text, time or resolution chunks of other
+    programs, DAVIS's own annotations among them) and other files are not. Reads the chunk
+    headers, IHDR and PLTE (not the pixel data, nor the CRCs)."""
+    path = Path(path)
+    if path.suffix != ".png" or path.name.startswith(".") or path.is_symlink():
+        return False
+    try:
+        with path.open("rb") as f:
+            if not path.is_file() or f.read(8) != _PNG_SIGNATURE:
+                return False
+            seen: list[bytes] = []
+            while True:
+                head = f.read(8)
+                if len(head) != 8:
+                    return False  # truncated: no IEND
+                length, kind = struct.unpack(">I4s", head)
+                order = {b"IHDR": not seen, b"PLTE": seen == [b"IHDR"]}
+                order[b"IDAT"] = bool(seen) and seen[-1] in (b"PLTE", b"IDAT")
+                order[b"IEND"] = bool(seen) and seen[-1] == b"IDAT"
+                if not order.get(kind, False):
+                    return False  # another chunk, or one out of place
+                if kind == b"IHDR":
+                    # width, height, then bit depth 8, colour type 3 (palette), compression,
+                    # filter, interlace 0
+                    if length != 13 or f.read(13)[8:] != b"\x08\x03\x00\x00\x00":
+                        return False
+                elif kind == b"PLTE":
+                    if not 0 < length <= 768 or f.read(length) != _palette_bytes()[:length]:
+                        return False
+                elif kind == b"IEND":
+                    return length == 0 and len(f.read(5)) == 4  # its CRC, then the end
+                else:
+                    f.seek(length, os.SEEK_CUR)
+                f.seek(4, os.SEEK_CUR)  # CRC
+                seen.append(kind)
+    except OSError:
+        return False
 
 
 def read_partial(folder: str | Path) -> dict[str, Any] | None:
@@ -189,7 +243,9 @@ class ResultFolder:
     def _entries(self) -> list[Path]:
         return [e for e in self.path.iterdir() if e.name != LOCK_FILE and not _TMP.match(e.name)]
 
-    def _check_contents(self) -> None:
+    def _check_contents(self) -> list[Path]:
+        """Refuse the folder's contents (see :meth:`check`); the entries ``overwrite`` deletes
+        (else empty)."""
         entries = self._entries()
         marker = read_partial(self.path)
         if self.resume:
@@ -214,9 +270,9 @@ class ResultFolder:
                     f"({k}: {old.get(k)!r}, now {self.settings.get(k)!r}); rerun with its "
                     "settings, or use --overwrite"
                 )
-            return
+            return []
         if not entries:
-            return
+            return []
         if not self.overwrite:
             what = describe_partial(marker, self.path) if marker is not None else None
             names = ", ".join(sorted(e.name for e in entries)[:3])
@@ -227,17 +283,21 @@ class ResultFolder:
                 + (", --resume to continue it" if what else "")
                 + ", or choose another folder"
             )
-        others = [
-            e
+        others = sorted(
+            e.name
             for e in entries
-            if not (e.is_file() and (e.suffix.lower() == ".png" or e.name == PARTIAL_MARKER))
-        ]
-        if others:
-            names = ", ".join(sorted(e.name for e in others)[:3])
-            raise ValueError(
-                f"--overwrite: {self.arg} {self.path} holds other things than masks ({names}); "
-                "they are not deleted: choose another folder"
+            if not (
+                is_written_mask(e)
+                or (e.name == PARTIAL_MARKER and e.is_file() and not e.is_symlink())
             )
+        )
+        if others:
+            names = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if others[3:] else "")
+            raise ValueError(
+                f"--overwrite: {self.arg} {self.path} holds other things than masks written by "
+                f"dmm-deploy ({names}); they are not deleted: move them or choose another folder"
+            )
+        return entries
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -252,15 +312,15 @@ class ResultFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock()
         try:
-            self._check_contents()
+            replaced = self._check_contents()
             for e in self.path.iterdir():
                 if _TMP.match(e.name):  # left by a killed run
                     e.unlink()
             if self.resume:
                 self.existing = {p.stem for p in self.path.glob("*.png") if p.is_file()}
             elif self.overwrite:
-                for e in self._entries():
-                    e.unlink()
+                for e in replaced:  # only what the check passed
+                    e.unlink(missing_ok=True)
             self.total = total
             self._write_marker("running")
         except BaseException:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dmm_deploy.segment_job import MAX_SIDE, check_threads, first_line, parse_size
+from dmm_deploy.segment_job import MAX_SIDE, check_threads, parse_size
 
 __all__ = ["add_args", "model_config", "run"]
 
@@ -33,29 +33,70 @@ and its export parity check fails (``segment`` runs the torch detector down to 3
 MASKRCNN_DEFAULTS = {"maskrcnn_weights": None, "maskrcnn_version": "v1", "detector_size": 800}
 
 
-def _is_bundle(folder: Path) -> bool:
-    """``folder`` holds a bundle written by this command (its manifest says so)."""
+CACHE_FOLDER = "engines"
+"""The folder the runtime writes its caches to beside a bundle's files
+(:func:`dmm_deploy.runtime.backends.open_stage`'s ``<bundle>/engines/``): replaced with the
+bundle."""
+
+
+def _bundle_files(folder: Path) -> set[str] | None:
+    """The names a bundle export wrote in ``folder``: ``manifest.json`` and the stage files
+    its manifest names; None when ``folder`` holds no bundle written by this command (its
+    manifest says so)."""
     import json
 
     try:
         data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == "dmm-deploy-bundle"
+        return None
+    if not isinstance(data, dict) or data.get("format") != "dmm-deploy-bundle":
+        return None
+    stages = data.get("stages")
+    files = {"manifest.json"}
+    for stage in stages.values() if isinstance(stages, dict) else ():
+        if isinstance(stage, dict) and isinstance(stage.get("file"), str):
+            files.add(stage["file"])
+    return files
+
+
+def _foreign(folder: Path, files: set[str]) -> list[str]:
+    """The entries of bundle ``folder`` that no export wrote: anything but its ``files``
+    (regular files) and the runtime's :data:`CACHE_FOLDER` (a folder); links count as
+    foreign."""
+    foreign = []
+    for e in folder.iterdir():
+        if e.is_symlink():
+            ours = False
+        elif e.name == CACHE_FOLDER:
+            ours = e.is_dir()
+        else:
+            ours = e.name in files and e.is_file()
+        if not ours:
+            foreign.append(e.name)
+    return sorted(foreign)
 
 
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse an ``--out`` that would lose a user's files: it must be new, empty, or (with
-    ``overwrite``) a bundle written by this command."""
+    ``overwrite``) a bundle written by this command holding nothing else (``manifest.json``,
+    the stage files it names, the runtime's :data:`CACHE_FOLDER`)."""
     from dmm_deploy.data.output import check_output_path
 
     check_output_path(out, "--out", "folder")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    if not _is_bundle(out):
+    files = _bundle_files(out)
+    if files is None:
         names = ", ".join(sorted(e.name for e in out.iterdir())[:3])
         raise ValueError(
             f"--out {out} is not empty and holds no bundle ({names}); choose a new or empty folder"
+        )
+    foreign = _foreign(out, files)
+    if foreign:
+        names = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if foreign[3:] else "")
+        raise ValueError(
+            f"--out {out} holds a bundle and files that export-model did not write ({names}); "
+            "they are not deleted: move them or choose a new or empty folder"
         )
     if not overwrite:
         raise ValueError(f"--out {out} holds a bundle: pass --overwrite to replace it")
@@ -191,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dmm_deploy.export.bundle import BundleExportError, export_bundle
     from dmm_deploy.model import DMMNet, MaskRCNNProposals, load_original_checkpoint
+    from dmm_deploy.model.checkpoint import torch_load_reason
 
     cfg = model_config(args, size)
     torch.manual_seed(args.seed)
@@ -211,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception as e:  # garbage file (unpickling), another model's state dict
             raise ValueError(
                 f"--maskrcnn-weights {args.maskrcnn_weights}: not usable as torchvision Mask "
-                f"R-CNN {args.maskrcnn_version} weights ({first_line(e)})"
+                f"R-CNN {args.maskrcnn_version} weights ({torch_load_reason(e)})"
             ) from e
     # written beside --out and moved in place only once every check passed: an interrupted
     # or failed export leaves --out (an earlier bundle, too) as it was
@@ -230,6 +272,11 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"dmm-deploy export-model: {e}", file=sys.stderr)
         return 1
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:  # again: --out may have changed while the export ran
+        check_out(out, args.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -193,8 +193,9 @@ class PrecomputedProposals(PrecomputedFile, ProposalSource):
     """Detections read from one video's ``.npz`` file (format in this module's docstring).
 
     The file is read once, at construction, by the torch-free
-    :class:`dmm_deploy.data.detections.PrecomputedFile`; a missing file, a missing key or
-    inconsistent shapes raise one error naming the file. ``detect`` checks that the frame has
+    :class:`dmm_deploy.data.detections.PrecomputedFile`, which checks the whole file there (a
+    missing or damaged file, missing keys, inconsistent shapes, frame indices outside the
+    video, non-finite values: one error naming the file). ``detect`` checks that the frame has
     the stored ``image_size``.
     """
 

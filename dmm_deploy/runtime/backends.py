@@ -548,8 +548,9 @@ def open_stage(
     ``lean_heap``: see :func:`set_lean_heap` (onnxruntime backend). The per-frame DMM stages
     share one CPU arena (:func:`register_shared_cpu_arena`); the Mask R-CNN graphs do not: their
     activations at the detector's resolution would grow that arena to several times the DMM
-    stages' working set (measured: peak RSS 733 -> 943 MiB with ResNet-50 at 480), and page
-    faults are a small part of their seconds-long calls. In a bundle with them the encoder,
+    stages' working set (measured: peak RSS 733 -> 943 MiB with ResNet-50 at 480; shared and
+    released after the heads graph: 658 -> 772 MiB, and no faster), and page faults are a
+    small part of their seconds-long calls (an arena of their own: ~55 ms of ~0.7-0.9 s). In a bundle with them the encoder,
     which runs just before the detector, releases the arena's free memory after each call, so
     the detector's peak does not come on top of it (ResNet-50 at 255x448, detector at 480:
     peak RSS 785 -> 731 MiB; the DMM stages then take fresh memory again, about 11 ms a frame).

@@ -338,6 +338,18 @@ def test_export_model_replaces_a_bundle_only_after_a_successful_export(tmp_path,
     assert bundle_job.run(parser.parse_args(argv)) == 0
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]  # the old engines too
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    # "--out ." (the current folder, empty): filled in place, the folder itself stays
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    inode = here.stat().st_ino
+    dot = [a if a != str(out) else "." for a in argv if a != "--overwrite"]
+    assert bundle_job.run(parser.parse_args(dot)) == 0
+    assert sorted(p.name for p in here.iterdir()) == ["manifest.json"]
+    assert here.stat().st_ino == inode and sorted(p.name for p in tmp_path.iterdir()) == [
+        "bundle",
+        "here",
+    ]
 
 
 def test_export_model_config_follows_compat_and_matching(tmp_path):

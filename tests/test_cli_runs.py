@@ -14,6 +14,7 @@ terminal, -q, singular words, void ids, AppleDouble files, live sources, unusabl
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -280,6 +281,7 @@ def test_is_written_mask_knows_the_writers_pngs(video, tmp_path):
     (tmp_path / "f" / "link.png").symlink_to(mask)
     (tmp_path / "f" / "cut.png").write_bytes(mask.read_bytes()[:-12])  # no IEND
     (tmp_path / "f" / "folder.png").mkdir()
+    os.mkfifo(tmp_path / "f" / "fifo.png")  # opening it would block
     assert [p.name for p in sorted((tmp_path / "f").iterdir()) if is_written_mask(p)] == []
     assert not is_written_mask(tmp_path / "missing.png")
 

@@ -514,6 +514,23 @@ def test_precomputed_detections_damaged_files_are_one_clear_error(tmp_path):
     _one_line_error(tmp_path / "cut.npz", f"{unreadable}: truncated or damaged zip archive")
     (tmp_path / "head.npz").write_bytes(data[:500])
     _one_line_error(tmp_path / "head.npz", f"{unreadable}: truncated or damaged zip archive")
+    # an array header claiming a shape far beyond memory (numpy raises MemoryError), in an
+    # archive whose checksums are right
+    import io
+
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
+        for key, value in np.load(good).items():
+            buf = io.BytesIO()
+            np.save(buf, value)
+            raw = buf.getvalue()
+            if key == "masks":
+                at = raw.index(b"(3, 28, 28), }")
+                end = at + len(b"(3, 28, 28), }")
+                while raw[end : end + 1] == b" ":  # the header's padding: keep its length
+                    end += 1
+                raw = raw[:at] + b"(99999999999, 28), }".ljust(end - at) + raw[end:]
+            z.writestr(f"{key}.npy", raw)
+    _one_line_error(tmp_path / "huge.npz", f"{unreadable}: array 'masks' cannot be read")
     (tmp_path / "empty.npz").write_bytes(b"")
     _one_line_error(tmp_path / "empty.npz", f"{unreadable}: the file is empty")
     with zipfile.ZipFile(good) as z:  # one byte flipped inside masks.npy's compressed data

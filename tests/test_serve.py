@@ -607,7 +607,15 @@ def _fake_repository(folder: Path) -> Path:
     (folder / MODEL_NAME / "1").mkdir(parents=True)
     (folder / MODEL_NAME / "1" / "model.py").write_text(SHIM.format(module="triton_model"))
     (folder / MODEL_NAME / "config.pbtxt").write_text('name: "dmm_segment"\n')
+    _relist(folder)
     return folder
+
+
+def _relist(folder: Path) -> None:
+    """Record every file of ``folder`` as written by this package (its repository listing)."""
+    from dmm_deploy.serve.repository import _list_files
+
+    _list_files(folder)
 
 
 def test_an_out_in_or_around_the_bundle_is_refused_before_anything_is_deleted(
@@ -648,6 +656,18 @@ def test_triton_repo_overwrite_replaces_only_a_repository_it_wrote(bundle_dir, t
     rc, err = _cli(["triton-repo", str(bundle_dir), str(out), "--overwrite"], capsys)
     assert rc == 2 and "OUT" in err and "holds no model repository" in err, err
     assert err.count("\n") == 1 and (out / "notes.txt").read_text() == "keep me"
+    # a repository written here, plus an engine built on the server (as the tensorrt_plan
+    # platform asks) and a model added by hand: neither is deleted
+    repo = _fake_repository(tmp_path / "repo")
+    (repo / "dmm_encoder" / "1").mkdir(parents=True)
+    (repo / "dmm_encoder" / "1" / "model.plan").write_bytes(b"engine")
+    (repo / "my_model" / "1").mkdir(parents=True)
+    (repo / "my_model" / "config.pbtxt").write_text('name: "my_model"\n')
+    before = _snapshot(repo)
+    rc, err = _cli(["triton-repo", str(bundle_dir), str(repo), "--overwrite"], capsys)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "holds files dmm-deploy did not write (dmm_encoder/1/model.plan, " in err, err
+    assert "my_model/config.pbtxt" in err and _snapshot(repo) == before
 
 
 def test_a_missing_serve_extra_is_one_line_after_the_arguments_and_touches_nothing(
@@ -711,6 +731,7 @@ def test_triton_repo_overwrite_swaps_in_a_complete_repository(bundle_dir, tmp_pa
     assert out.stat().st_mode & 0o777 == (tmp_path / "probe").stat().st_mode & 0o777
     (tmp_path / "probe").rmdir()
     (out / "dmm_encoder" / "stale.txt").write_text("from the earlier repository")
+    _relist(out)  # a file an earlier repository had (the new one has not)
     before = _snapshot(tmp_path)
 
     write_model = repository._write_model

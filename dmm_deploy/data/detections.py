@@ -24,8 +24,9 @@ MASK_KINDS = ("box", "frame")
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # as numpy.load tells an .npz from other files
 # what numpy.load and zipfile raise for a damaged archive: a bad zip or .npy header, CRC or
-# deflate stream, an unknown compression method
+# deflate stream, an unknown compression method, a shape too large to allocate
 _READ_ERRORS = (
+    MemoryError,  # a damaged .npy header claiming an enormous shape
     OSError,
     EOFError,
     ValueError,

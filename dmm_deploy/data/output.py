@@ -22,6 +22,8 @@ import functools
 import json
 import os
 import re
+import secrets
+import shutil
 import struct
 import time
 from collections.abc import Iterable
@@ -41,6 +43,7 @@ __all__ = [
     "describe_partial",
     "is_written_mask",
     "read_partial",
+    "replace_folder",
 ]
 
 PARTIAL_MARKER = "dmm-deploy.partial.json"
@@ -115,6 +118,37 @@ def check_not_an_input(
             raise ValueError(f"{arg} {path} lies in the {name} folder {d}; choose another place")
 
 
+def replace_folder(new: str | Path, out: str | Path) -> None:
+    """Put the finished folder ``new`` (made beside ``out``) at ``out``.
+
+    An existing empty ``out`` keeps its place (a mount point, or the current folder): ``new``'s
+    entries are moved into it. Any other existing ``out`` is moved aside under a unique name,
+    ``new`` takes its place, and the old one is deleted; when that move fails, the old one is
+    moved back, so ``out`` is never lost.
+    """
+    new, out = Path(new), Path(out).resolve()
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        for entry in new.iterdir():
+            os.replace(entry, out / entry.name)
+        new.rmdir()
+        return
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.replaced-{os.getpid()}-{secrets.token_hex(4)}")
+        os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
 @functools.lru_cache(maxsize=1)
 def _palette_bytes() -> bytes:
     return davis_palette().tobytes()
@@ -130,9 +164,11 @@ def is_written_mask(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix != ".png" or path.name.startswith(".") or path.is_symlink():
         return False
+    if not path.is_file():  # a folder, a FIFO (opening one would block), a device
+        return False
     try:
         with path.open("rb") as f:
-            if not path.is_file() or f.read(8) != _PNG_SIGNATURE:
+            if f.read(8) != _PNG_SIGNATURE:
                 return False
             seen: list[bytes] = []
             while True:

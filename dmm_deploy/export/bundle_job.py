@@ -14,7 +14,6 @@ against torch (onnxruntime CPU); a failure exits non-zero. torch is imported ins
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -168,17 +167,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for parity")
 
 
-def _replace_folder(new: Path, out: Path) -> None:
-    """Put folder ``new`` at ``out`` (an empty folder or an earlier bundle is replaced)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(new, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def model_config(args: argparse.Namespace, size: tuple[int, int]):
     """The ``DMMConfig`` to export: ``--compat`` (None: ``"original"`` with ``--checkpoint``,
     whose weights were evaluated with the original's pipeline, else ``"default"``, as
@@ -230,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from dmm_deploy.data.output import replace_folder
     from dmm_deploy.export.bundle import BundleExportError, export_bundle
     from dmm_deploy.model import DMMNet, MaskRCNNProposals, load_original_checkpoint
     from dmm_deploy.model.checkpoint import torch_load_reason
@@ -257,8 +246,9 @@ def run(args: argparse.Namespace) -> int:
             ) from e
     # written beside --out and moved in place only once every check passed: an interrupted
     # or failed export leaves --out (an earlier bundle, too) as it was
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    target = out.resolve()  # "--out ." has no name of its own
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=target.parent))
     try:
         export_bundle(
             net.eval(),
@@ -280,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _replace_folder(tmp, out)
+    replace_folder(tmp, target)
     print(
         f"bundle    {out} ({args.precision}, {args.backbone} at {size[0]}x{size[1]}, "
         f"compat {cfg.compat}, matching {cfg.matching})"

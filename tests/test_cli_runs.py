@@ -210,6 +210,22 @@ def test_resume_rewrites_a_mask_that_differs_and_says_so(video, runtime, tmp_pat
     np.testing.assert_array_equal(read_label_dir(out)[1], read_label_dir(full)[1])
 
 
+def test_resume_refuses_pngs_it_did_not_write(video, runtime, tmp_path, capsys):
+    """A foreign PNG named like a frame would pass for that frame's mask and be rewritten by
+    the replay: --resume refuses it, naming it, and changes nothing."""
+    out = tmp_path / "out"
+    runtime.fail_at = 4
+    assert run(capsys, bundle_args(video, out))[0] == 130
+    photo = out / "00001.png"
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(photo)  # an RGB picture
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    runtime.fail_at = None
+    code, _, err = run(capsys, bundle_args(video, out, "--resume"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--resume: --out" in err and "holds other things than masks written by" in err
+    assert "(00001.png)" in err and {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_bad_frame_mid_video_stops_with_one_line_and_marks_partial(
     video, runtime, tmp_path, capsys
 ):

@@ -7,7 +7,7 @@
 - :meth:`ResultFolder.open` refuses a non-empty folder unless ``overwrite`` (which deletes the
   previous masks, and refuses to delete anything else: a PNG counts as a mask only when it
   is one this tool writes, see :func:`is_written_mask`) or ``resume`` (which continues an
-  unfinished run with the same settings); a lock file (``.dmm-deploy.lock``, held with
+  unfinished run with the same settings, in a folder holding nothing else); a lock file (``.dmm-deploy.lock``, held with
   ``flock`` while the run lasts) refuses a second writer;
 - while the run lasts, and after it stopped early, the folder holds :data:`PARTIAL_MARKER`
   (JSON: status, settings, frames written, reason); :meth:`ResultFolder.finish` removes it, so
@@ -306,6 +306,12 @@ class ResultFolder:
                     f"({k}: {old.get(k)!r}, now {self.settings.get(k)!r}); rerun with its "
                     "settings, or use --overwrite"
                 )
+            others = self._foreign(entries)
+            if others:  # a PNG named like a frame would pass for that frame's mask
+                raise ValueError(
+                    f"--resume: {self.arg} {self.path} holds other things than masks written "
+                    f"by dmm-deploy ({others}); move them out to continue the run"
+                )
             return []
         if not entries:
             return []
@@ -319,6 +325,18 @@ class ResultFolder:
                 + (", --resume to continue it" if what else "")
                 + ", or choose another folder"
             )
+        others = self._foreign(entries)
+        if others:
+            raise ValueError(
+                f"--overwrite: {self.arg} {self.path} holds other things than masks written by "
+                f"dmm-deploy ({others}); they are not deleted: move them or choose another folder"
+            )
+        return entries
+
+    @staticmethod
+    def _foreign(entries: list[Path]) -> str:
+        """The entries that are neither masks this tool wrote nor its partial marker, named
+        (three, then a count); empty when there are none."""
         others = sorted(
             e.name
             for e in entries
@@ -327,13 +345,7 @@ class ResultFolder:
                 or (e.name == PARTIAL_MARKER and e.is_file() and not e.is_symlink())
             )
         )
-        if others:
-            names = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if others[3:] else "")
-            raise ValueError(
-                f"--overwrite: {self.arg} {self.path} holds other things than masks written by "
-                f"dmm-deploy ({names}); they are not deleted: move them or choose another folder"
-            )
-        return entries
+        return ", ".join(others[:3]) + (f" and {len(others) - 3} more" if others[3:] else "")
 
     # -- the run ----------------------------------------------------------------------------
 

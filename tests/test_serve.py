@@ -808,3 +808,30 @@ def test_serve_command_serves_until_sigterm(bundle_dir, tmp_path):
                     if time.monotonic() > deadline:
                         raise
             time.sleep(0.5)
+
+
+def test_serve_on_a_port_in_use_is_one_line(bundle_dir, tmp_path):
+    """A server that cannot start (here: its HTTP port is taken) ends ``serve`` with one line
+    naming the server's own error, exit 2, and no server left running."""
+    _server_or_skip()
+    import socket
+    import subprocess
+    import sys
+
+    from dmm_deploy.serve.tritonserver import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        argv = [str(bundle_dir), "--threads", "1", "--http-port", str(busy)]
+        argv += ["--grpc-port", str(free_port()), "--metrics-port", str(free_port())]
+        done = subprocess.run(
+            [sys.executable, "-m", "dmm_deploy", "serve", *argv],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dmm-deploy serve: error: tritonserver"), lines

@@ -90,7 +90,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dmm_deploy.serve.repository import write_serve_repository
-    from dmm_deploy.serve.tritonserver import TritonServer
+    from dmm_deploy.serve.tritonserver import TritonServer, TritonServerError
 
     if not Path(args.bundle).is_dir():
         raise FileNotFoundError(f"BUNDLE: {args.bundle} is not a folder")
@@ -134,7 +134,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
         old = signal.signal(signal.SIGTERM, _terminate)
         try:
-            srv.start()
+            try:
+                srv.start()
+            except TritonServerError as e:  # a port in use, a model that does not load
+                raise ValueError(str(e)) from e
             print(
                 f"serving {args.bundle}: gRPC {srv.grpc_url}, HTTP {srv.http_url}, "
                 f"metrics {srv.metrics_url}; model 'dmm_segment'; Ctrl-C stops",

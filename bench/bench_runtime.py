@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
+    try:
+        check_args(args)
+    except ValueError as e:
+        p.error(str(e))
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)
     tmp = args.work or Path(tempfile.mkdtemp(prefix="bench_runtime_"))
@@ -198,6 +202,30 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.work is None:  # the bundles and label files: ~1.3 GB
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad options before anything is exported or run (``ValueError`` naming one)."""
+    from dmm_deploy.data.output import check_output_path
+    from dmm_deploy.segment_job import BACKBONES, check_threads, parse_size
+
+    parse_size(args.input_size)
+    for b in args.backbones:
+        if b not in BACKBONES:
+            raise ValueError(f"--backbones: {b!r} is not one of {', '.join(BACKBONES)}")
+    for t in args.threads:
+        check_threads(t)
+    if args.frames < 2:
+        raise ValueError(f"--frames must be >= 2 (frame 0 is not timed), got {args.frames}")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be in 0..2**32-1, got {args.seed}")
+    if args.maskrcnn_size and not 64 <= args.maskrcnn_size <= 2048:
+        raise ValueError(f"--maskrcnn-size must be 0 or in 64..2048, got {args.maskrcnn_size}")
+    check_output_path(args.out, "--out", "folder")
+    if args.work is not None:
+        check_output_path(args.work, "--work", "folder")
 
 
 def compare(args: argparse.Namespace, tmp: Path) -> int:
@@ -232,14 +260,18 @@ def compare(args: argparse.Namespace, tmp: Path) -> int:
     rows, bundles = [], {}
     for backbone, threads, proposals in configs:
         key = (backbone, proposals)
-        if key not in bundles and (tmp / f"{backbone}-{proposals}" / "manifest.json").is_file():
-            bundles[key] = tmp / f"{backbone}-{proposals}"  # --work: exported by an earlier run
+        # --work: a bundle exported by an earlier run with the same model settings
+        name = f"{backbone}-{proposals}-{args.input_size}-seed{args.seed}"
+        if proposals == "maskrcnn":
+            name += f"-detector{args.maskrcnn_size}"
+        if key not in bundles and (tmp / name / "manifest.json").is_file():
+            bundles[key] = tmp / name
             print(f"{backbone} {proposals}: reusing {bundles[key]}", flush=True)
         if key not in bundles:
             torch.manual_seed(args.seed)
             net = DMMNet(DMMConfig(backbone=backbone, input_size=size)).eval()
             det = detector(args.maskrcnn_size).model if proposals == "maskrcnn" else None
-            bundles[key] = tmp / f"{backbone}-{proposals}"
+            bundles[key] = tmp / name
             t0 = time.perf_counter()
             export_bundle(net, bundles[key], proposals=proposals, detector=det, log=lambda s: None)
             print(

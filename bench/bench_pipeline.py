@@ -333,11 +333,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.backbones, args.input_size, args.num_frames = "resnet18", "64x112", 2
         args.detector_size, args.passes = 64, 1
-    h, w = (int(v) for v in args.input_size.lower().split("x"))
-    args.input_size = (h, w)
-    args.backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
-    args.threads = [int(t) for t in str(args.threads).split(",")]
+    try:
+        check_args(args)
+    except ValueError as e:
+        p.error(str(e))
     return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Parse and check the options in place (``ValueError`` naming one), before any work."""
+    from dmm_deploy.data.output import check_output_path
+    from dmm_deploy.segment_job import BACKBONES, check_threads, parse_size
+
+    args.input_size = parse_size(args.input_size)
+    args.backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    if not args.backbones or any(b not in BACKBONES for b in args.backbones):
+        raise ValueError(
+            f"--backbones must be a comma list of {', '.join(BACKBONES)}, got {args.backbones}"
+        )
+    try:
+        args.threads = [int(t) for t in str(args.threads).split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--threads must be a comma list of integers, got {args.threads!r}"
+        ) from None
+    for t in args.threads:
+        check_threads(t)
+    if args.num_frames < 2:
+        raise ValueError(f"--num-frames must be >= 2 (frame 0 is not timed), got {args.num_frames}")
+    if args.passes < 1:
+        raise ValueError(f"--passes must be >= 1, got {args.passes}")
+    if not 32 <= args.detector_size <= 2048:
+        raise ValueError(f"--detector-size must be in 32..2048, got {args.detector_size}")
+    if not args.frames.is_dir():
+        raise ValueError(f"--frames {args.frames} is not a folder of frames")
+    if not args.mask.is_file():
+        raise ValueError(f"--mask {args.mask} is not a file")
+    if args.out is not None:
+        check_output_path(args.out, "--out", "folder")
 
 
 def random_detections(frames: list[np.ndarray], seed: int = 0):
@@ -363,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
+        print(
+            "bench_pipeline.py: error: --device cuda: no CUDA device is available", file=sys.stderr
+        )
+        return 2
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out = args.out or (
         DEFAULT_OUT if device.type == "cpu" else DEFAULT_OUT.parent / _device_slug(device_name)

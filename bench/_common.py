@@ -23,6 +23,19 @@ DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "cpu"
 SPEC_FILE = REPO_ROOT / "tests" / "spec_listing1.py"
 
 
+def check_out_arg(parser, path: Path | None, arg: str = "--out") -> None:
+    """Refuse, before any work, an output folder ``path`` that is a file or lies below one
+    (``parser.error``: one line, exit 2); None (the script's default) passes."""
+    from dmm_deploy.data.output import check_output_path
+
+    if path is None:
+        return
+    try:
+        check_output_path(path, arg, "folder")
+    except ValueError as e:
+        parser.error(str(e))
+
+
 def load_spec():
     """The literal per-problem transcription of Listing 1 kept in ``tests/spec_listing1.py``.
 

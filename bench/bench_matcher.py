@@ -451,6 +451,9 @@ def parse_args(argv=None):
         help="use the default inductor cache (default: a fresh one, so compile times are cold)",
     )
     args = p.parse_args(argv)
+    from _common import check_out_arg
+
+    check_out_arg(p, args.out)
     argv_used = sys.argv[1:] if argv is None else list(argv)
     args.command = " ".join(["python", f"bench/{Path(__file__).name}", *argv_used])
     if args.quick:

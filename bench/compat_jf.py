@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=12, help="frames per video")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     args = parser.parse_args(argv)
+    from _common import check_out_arg
+
+    check_out_arg(parser, args.out)
     if args.seeds < 1 or args.frames < 3:
         parser.error("--seeds must be >= 1 and --frames >= 3")
     torch.set_num_threads(1)

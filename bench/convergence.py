@@ -504,6 +504,9 @@ def parse_args(argv=None):
         help="run only the accuracy table; writes convergence_table.{csv,md}",
     )
     args = p.parse_args(argv)
+    from _common import check_out_arg
+
+    check_out_arg(p, args.out)
     argv_used = sys.argv[1:] if argv is None else list(argv)
     args.command = " ".join(["python", f"bench/{Path(__file__).name}", *argv_used])
     if args.quick:

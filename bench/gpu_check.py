@@ -406,6 +406,9 @@ def main(argv=None) -> int:
         "--tests-budget", type=float, default=240.0, help="seconds for each pytest run (step 1)"
     )
     args = p.parse_args(argv)
+    from _common import check_out_arg
+
+    check_out_arg(p, args.out)
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported
     import torch

@@ -243,6 +243,9 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "ptx")
     args = p.parse_args(argv)
+    from _common import check_out_arg
+
+    check_out_arg(p, args.out)
     command = "python bench/kernel_ptx.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = collect(args.arch, args.shapes, args.kinds, args.variants, args.batches)
     write(args.out, rows, command.strip())

@@ -45,6 +45,8 @@ from dmm_deploy.export.onnx_export import ExportOptions, export_matcher, ort_ses
 from dmm_deploy.export.precision import PRECISIONS, run_graph_torch
 from dmm_deploy.matching import greedy_init, hard_assign, match_reference
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common
+
 RUNNERS = {
     "fp32": "onnxruntime CPU",
     "mixed": "onnxruntime CPU (fp32 between fp16 casts)",
@@ -209,8 +211,11 @@ def main(argv=None) -> int:
     p.add_argument("--n-proj", type=int, default=5)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("bench/results/cpu"))
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "cpu")
     args = p.parse_args(argv)
+    from _common import check_out_arg
+
+    check_out_arg(p, args.out)
     if args.problems < 1 or args.shapes < 1:
         p.error("--problems and --shapes must be positive")
     torch.set_num_threads(1)

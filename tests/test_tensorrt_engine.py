@@ -7,6 +7,7 @@ records what the builder was asked to do; the real build/run tests are marked ``
 
 import dataclasses
 import importlib.util
+import re
 import subprocess
 import sys
 import types
@@ -603,3 +604,246 @@ def test_runner_uses_its_own_stream_on_its_device(monkeypatch):
     assert ("wait", 0, 0x5EED) in calls  # and the caller's waits for ours after
     assert ("sync", 0x5EED) in calls  # numpy results: synchronized on our stream
     assert [c for c in calls if c[0] == "keep"] == [("keep", runner.stream)] * 3
+
+
+# -- the command line: output paths, --overwrite, argument checks ----------------------------
+
+
+def _cli(capsys, *argv):
+    from dmm_deploy.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _no_tensorrt(monkeypatch):
+    def refuse():
+        raise AssertionError("TensorRT imported before the arguments were checked")
+
+    monkeypatch.setattr(trt_mod, "import_tensorrt", refuse)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine", "{onnx}"], r"--engine .*m\.onnx is the ONNX file; choose another file"),
+        (["--engine", "{tmp}/d"], r"--engine .*d is a folder; expected a file name"),
+        (["--engine", ""], r"argument --engine: expected a file name, got ''"),
+        (["--engine", "{tmp}/new/"], r"argument --engine: expected a file name, got '.*new/'"),
+        (["--engine", "{tmp}/afile/x.engine"], r"--engine .*x\.engine lies below the file .*afile"),
+        (["--engine", "{tmp}/afile"], r"--engine .*afile exists: pass --overwrite to replace it"),
+        (["--engine", "{tmp}/d", "--overwrite"], r"--engine .*d is a folder"),
+        (["--cache-dir", "{tmp}/afile"], r"--cache-dir .*afile is a file; expected a folder"),
+        (["--cache-dir", ""], r"argument --cache-dir: expected a folder, got ''"),
+        (["--timing-cache", "{onnx}"], r"--timing-cache .*m\.onnx is the ONNX file"),
+        (["--timing-cache", "{tmp}/o.engine"], r"--timing-cache .*o\.engine is the --engine file"),
+        (["--timing-cache", "{tmp}/d"], r"--timing-cache .*d is a folder"),
+        (["--workspace-mib", "0"], r"argument --workspace-mib: expected a positive integer"),
+        (["--opt-level", "6"], r"argument --opt-level: invalid choice: 6"),
+    ],
+)
+def test_trt_build_refuses_output_paths_before_tensorrt(
+    monkeypatch, capsys, tmp_path, args, message
+):
+    _no_tensorrt(monkeypatch)
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"graph")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "afile").write_bytes(b"mine")
+    args = [a.format(onnx=onnx_path, tmp=tmp_path) for a in args]
+    if "--engine" not in args:
+        args += ["--engine", tmp_path / "o.engine"]
+    if "--cache-dir" not in args:
+        args += ["--cache-dir", tmp_path / "cache"]
+    with pytest.raises(SystemExit) if "argument" in message else _nullcontext() as exit_:
+        code, _, err = _cli(capsys, "trt-build", onnx_path, *args)
+    if exit_ is not None:
+        code, err = exit_.value.code, capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert onnx_path.read_bytes() == b"graph" and (tmp_path / "afile").read_bytes() == b"mine"
+    assert not (tmp_path / "o.engine").exists() and not (tmp_path / "cache").exists()
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_trt_build_default_engine_is_not_the_input(monkeypatch, capsys, tmp_path):
+    _no_tensorrt(monkeypatch)
+    onnx_path = tmp_path / "v2.engine"  # the default --engine: this very path
+    onnx_path.write_bytes(b"graph")
+    code, _, err = _cli(capsys, "trt-build", onnx_path, "--cache-dir", tmp_path / "c")
+    assert code == 2 and err.count("\n") == 1
+    assert "--engine defaults to the ONNX path with .engine" in err and "pass --engine" in err
+    assert onnx_path.read_bytes() == b"graph"
+
+
+def test_trt_build_overwrite_and_atomic_writes(fake_build, capsys, tmp_path):
+    fake, onnx_path = fake_build()
+    engine = tmp_path / "out.engine"
+    engine.write_bytes(b"OLD")
+    common = ["--engine", engine, "--cache-dir", tmp_path / "c", "--timing-cache", tmp_path / "t"]
+    code, _, err = _cli(capsys, "trt-build", onnx_path, *common)
+    assert code == 2 and "pass --overwrite" in err and fake.calls == []
+    assert engine.read_bytes() == b"OLD"
+    code, out, _ = _cli(capsys, "trt-build", onnx_path, *common, "--overwrite")
+    assert code == 0 and engine.read_bytes() == b"PLAN" and f"engine    {engine}" in out
+    # a cache hit replaces an existing engine only with --overwrite too
+    engine.write_bytes(b"OLD")
+    fake.calls.clear()
+    code, _, err = _cli(capsys, "trt-build", onnx_path, *common)
+    assert code == 2 and engine.read_bytes() == b"OLD"
+    code, out, _ = _cli(capsys, "trt-build", onnx_path, *common, "--overwrite")
+    assert code == 0 and "cache hit" in out and fake.calls == []
+    assert engine.read_bytes() == b"PLAN"
+    # no temporary file is left beside the engine or in the cache
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "m.onnx", "out.engine", "t"]
+    assert [p.suffix for p in (tmp_path / "c").iterdir()] == [".engine"]
+    # a link is never replaced, even with --overwrite (one to the ONNX file is the ONNX file)
+    target = tmp_path / "mine.bin"
+    target.write_bytes(b"mine")
+    for dest in (target, onnx_path):
+        link = tmp_path / f"link-{dest.stem}.engine"
+        link.symlink_to(dest)
+        code, _, err = _cli(capsys, "trt-build", onnx_path, "--engine", link, "--overwrite")
+        want = "is a symbolic link" if dest == target else "is the ONNX file"
+        assert code == 2 and want in err, err
+    assert target.read_bytes() == b"mine" and onnx_path.read_bytes() == b"not really onnx"
+
+
+def test_build_engine_write_is_atomic(fake_build, tmp_path, monkeypatch):
+    fake, onnx_path = fake_build()
+    engine = tmp_path / "e.engine"
+    engine.write_bytes(b"OLD")
+
+    def fail(self, network, config):
+        raise RuntimeError("builder ran out of something")
+
+    monkeypatch.setattr(fake.Builder, "build_serialized_network", fail)
+    with pytest.raises(RuntimeError):
+        build_engine(onnx_path, engine, log=lambda s: None)
+    assert engine.read_bytes() == b"OLD"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.engine", "m.onnx"]
+
+
+def test_build_engine_refuses_the_onnx_file_as_output(fake_build, tmp_path):
+    fake, onnx_path = fake_build()
+    with pytest.raises(ValueError, match=r"engine path .* is the ONNX file"):
+        build_engine(onnx_path, onnx_path)
+    with pytest.raises(ValueError, match=r"timing cache .* is the ONNX file"):
+        build_engine(onnx_path, tmp_path / "e.engine", timing_cache=onnx_path)
+    moved = tmp_path / "v2.engine"
+    onnx_path.rename(moved)
+    with pytest.raises(ValueError, match="is the ONNX file"):
+        build_engine(moved)  # the default engine path is the input itself
+    assert moved.read_bytes() == b"not really onnx" and fake.calls == []
+
+
+def _build_engine_script():
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "export" / "build_engine.py"
+    spec = importlib.util.spec_from_file_location("_build_engine_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        IsADirectoryError(21, "Is a directory", "dir"),
+        PermissionError(13, "Permission denied", "x.engine"),
+        TensorRTBuildError("TensorRT's ONNX parser rejected m.onnx (2 error(s)):\n  one\n  two"),
+    ],
+)
+def test_build_engine_script_prints_one_line(monkeypatch, capsys, tmp_path, error):
+    script = _build_engine_script()
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(script, "run_build", fail)
+    assert script.main([str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("build_engine: error: ") and err.count("\n") == 1, err
+
+
+def test_build_engine_script_checks_paths_in_one_line(monkeypatch, capsys, tmp_path):
+    _no_tensorrt(monkeypatch)
+    script = _build_engine_script()
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"graph")
+    (tmp_path / "d").mkdir()
+    assert script.main([str(onnx_path), "--engine", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--engine" in err and "is a folder" in err
+    with pytest.raises(SystemExit) as info:
+        script.main([str(onnx_path), "--engine", ""])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "argument --engine" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n-grad", "0"], "argument --n-grad: expected a positive integer, got '0'"),
+        (["--n-proj", "-1"], "argument --n-proj: expected a positive integer, got '-1'"),
+        (["--lr", "nan"], "argument --lr: expected a positive finite number, got 'nan'"),
+        (["--lr", "0"], "argument --lr: expected a positive finite number, got '0'"),
+        (["--lr", "inf"], "argument --lr: expected a positive finite number, got 'inf'"),
+        (["--repeat", "0"], "argument --repeat: expected a positive integer, got '0'"),
+        (["--n-grad", "1001"], "argument --n-grad: expected an integer in 1..1000, got '1001'"),
+        (["--n-proj", "101"], "argument --n-proj: expected an integer in 1..100, got '101'"),
+        (["--lr", "1e39"], "argument --lr: expected a positive finite number in float32's range"),
+    ],
+)
+def test_trt_run_checks_its_arguments_like_export(monkeypatch, capsys, tmp_path, args, message):
+    _no_tensorrt(monkeypatch)
+    with pytest.raises(SystemExit) as info:
+        _cli(capsys, "trt-run", tmp_path / "e.engine", *args)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_trt_run_checks_are_exports_checks():
+    """trt-run repeats export's checks (matcher_job imports engine_job, not the reverse)."""
+    import argparse
+
+    from dmm_deploy.export import engine_job, matcher_job
+
+    assert (engine_job.MAX_N_GRAD, engine_job.MAX_N_PROJ) == (
+        matcher_job.MAX_N_GRAD,
+        matcher_job.MAX_N_PROJ,
+    )
+    texts = ("1", "40", "100", "101", "1000", "1001", "0", "-1", "x", "", "2147483648")
+    floats = ("0.01", "1e-3", "0", "-1", "nan", "inf", "-inf", "x", "", "1e-40", "1e39", "3e38")
+    for ours, theirs, inputs in (
+        (engine_job._int_in(engine_job.MAX_N_GRAD), matcher_job._int_in(1000), texts),
+        (engine_job._int_in(engine_job.MAX_N_PROJ), matcher_job._int_in(100), texts),
+        (engine_job._positive_float, matcher_job._positive_float, floats),
+    ):
+        for text in inputs:
+            got, want = [], []
+            for f, out in ((ours, got), (theirs, want)):
+                try:
+                    out.append(f(text))
+                except argparse.ArgumentTypeError as e:
+                    out.append(str(e))
+            assert got == want, text
+
+
+def test_plugin_export_refuses_counts_beyond_int32(tmp_path):
+    from dmm_deploy.export.engine_job import INT32_MAX, run_plugin_export
+    from dmm_deploy.export.onnx_export import ExportOptions
+
+    for field_name, flag in (("n_grad", "--n-grad"), ("n_proj", "--n-proj")):
+        options = ExportOptions(plugin=True, **{field_name: INT32_MAX + 1})
+        with pytest.raises(ValueError, match=f"{flag} 2147483648 is too large for --plugin"):
+            run_plugin_export(options, tmp_path / "p.onnx", log=lambda s: None, archs=())
+        assert not (tmp_path / "p.onnx").exists()

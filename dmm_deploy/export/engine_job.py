@@ -17,10 +17,14 @@ from dmm_deploy.export.tensorrt import BuilderOptions, ShapeProfile, parse_shape
 from dmm_deploy.export.tensorrt_compat import tensorrt_verdicts
 
 __all__ = [
+    "INT32_MAX",
+    "MAX_N_GRAD",
+    "MAX_N_PROJ",
     "PLUGIN_ARCHS",
     "PLUGIN_TENSORRT_VERSIONS",
     "add_build_args",
     "add_run_args",
+    "check_build_paths",
     "options_from_args",
     "run_build",
     "run_engine",
@@ -31,13 +35,81 @@ PLUGIN_ARCHS = (80, 87, 90)  # A100, Jetson Orin, H100
 # the plugin's targets: the first TensorRT with AOT plugins and the current major (10.3, on
 # JetPack 6, has no AOT plugins: the unrolled export is the one for it)
 PLUGIN_TENSORRT_VERSIONS = ("10.9", "11.0")
+INT32_MAX = 2**31 - 1  # the plugin's n_grad and n_proj reach TensorRT as int32 (trtp.SymInt32)
+
+
+# ``dmm-deploy export``'s ranges and messages (matcher_job's MAX_N_GRAD, MAX_N_PROJ, _int_in,
+# _positive_float): an engine runs with what it was exported with. matcher_job imports this
+# module, so they are repeated here; tests/test_tensorrt_engine.py checks that they agree.
+MAX_N_GRAD = 1000
+MAX_N_PROJ = 100
+_F32_TINY, _F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+
+
+def _int_in(high: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = 0
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        if v > high:
+            raise argparse.ArgumentTypeError(f"expected an integer in 1..{high}, got {text!r}")
+        return v
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    """A positive number float32 holds as a normal number (the graph computes in float32)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    if not _F32_TINY <= v <= _F32_MAX:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive finite number in float32's range "
+            f"({_F32_TINY:.2g} to {_F32_MAX:.2g}), got {text!r}"
+        )
+    return v
+
+
+def _file_path(text: str) -> Path:
+    if not text or text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"expected a file name, got {text!r}")
+    return Path(text)
+
+
+def _folder_path(text: str) -> Path:
+    if not text:
+        raise argparse.ArgumentTypeError(f"expected a folder, got {text!r}")
+    return Path(text)
 
 
 def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of an engine build."""
     p.add_argument("onnx", type=Path, help="exported matcher (python export/to_onnx.py)")
     p.add_argument(
-        "--engine", type=Path, default=None, help="output plan (default: ONNX path .engine)"
+        "--engine", type=_file_path, default=None, help="output plan (default: ONNX path .engine)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --engine file (a regular file only; without it an existing "
+        "--engine is refused)",
     )
     p.add_argument(
         "--min", default="1x1x1", metavar="BxNxM", help="profile minimum (default 1x1x1)"
@@ -48,8 +120,17 @@ def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--max", default="64x16x512", metavar="BxNxM", help="profile maximum (default 64x16x512)"
     )
-    p.add_argument("--workspace-mib", type=int, default=1024, help="workspace pool limit (MiB)")
-    p.add_argument("--opt-level", type=int, default=3, help="builder optimization level 0..5")
+    p.add_argument(
+        "--workspace-mib", type=_positive_int, default=1024, help="workspace pool limit (MiB)"
+    )
+    p.add_argument(
+        "--opt-level",
+        type=int,
+        default=3,
+        choices=range(6),
+        metavar="0..5",
+        help="builder optimization level 0..5 (default 3)",
+    )
     p.add_argument(
         "--weak-fp16",
         action="store_true",
@@ -57,11 +138,14 @@ def add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--plugin", action="store_true", help="register the dmm_match plugin first")
     p.add_argument(
-        "--cache-dir", type=Path, default=Path("artifacts/engine_cache"), help="engine cache folder"
+        "--cache-dir",
+        type=_folder_path,
+        default=Path("artifacts/engine_cache"),
+        help="engine cache folder",
     )
     p.add_argument(
         "--timing-cache",
-        type=Path,
+        type=_file_path,
         default=Path("artifacts/engine_cache/timing.cache"),
         help="timing cache file (read and updated)",
     )
@@ -79,14 +163,61 @@ def options_from_args(args: argparse.Namespace) -> BuilderOptions:
     )
 
 
+def check_build_paths(args: argparse.Namespace) -> Path:
+    """Refuse, before TensorRT is imported, output paths that the build could not write or
+    would destroy; return the engine path (``--engine``, default the ONNX path with ``.engine``).
+
+    ``--engine``: not the ONNX file, not a folder, not below a file; an existing file only with
+    ``--overwrite`` (and then a regular file). ``--cache-dir``: a folder (new or existing).
+    ``--timing-cache``: a file, neither the ONNX file nor the engine (it is read and updated).
+    ``ValueError`` (one line naming the argument) or ``FileNotFoundError`` (no ONNX file).
+    """
+    from dmm_deploy.data.output import check_not_an_input, check_output_path
+
+    onnx = Path(args.onnx)
+    if not onnx.is_file():
+        raise FileNotFoundError(f"no ONNX file at {onnx}")
+    engine = Path(args.engine) if args.engine is not None else onnx.with_suffix(".engine")
+    if args.engine is None and engine.resolve() == onnx.resolve():
+        raise ValueError(
+            f"--engine defaults to the ONNX path with .engine, {engine}, which is the ONNX file "
+            "itself; pass --engine with another file"
+        )
+    check_not_an_input("--engine", engine, [("ONNX", onnx)])
+    check_output_path(engine, "--engine", "file")
+    if os.path.lexists(engine):
+        if not getattr(args, "overwrite", False):
+            raise ValueError(
+                f"--engine {engine} exists: pass --overwrite to replace it, or choose another file"
+            )
+        if engine.is_symlink() or not engine.is_file():
+            what = "a symbolic link" if engine.is_symlink() else "not a regular file"
+            raise ValueError(
+                f"--engine {engine} is {what}; --overwrite replaces regular files only, choose "
+                "another file"
+            )
+    if args.cache_dir is not None:
+        if Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+            raise ValueError(f"--cache-dir {args.cache_dir} is a file; expected a folder")
+        check_output_path(args.cache_dir, "--cache-dir", "folder")
+    if args.timing_cache is not None:
+        check_not_an_input(
+            "--timing-cache", args.timing_cache, [("ONNX", onnx), ("--engine", engine)]
+        )
+        check_output_path(args.timing_cache, "--timing-cache", "file")
+    return engine
+
+
 def run_build(args: argparse.Namespace, log=print) -> int:
-    """Build (or fetch from the cache) the engine; returns the exit code."""
+    """Check the paths (:func:`check_build_paths`), build (or fetch from the cache) the engine;
+    returns the exit code."""
     from dmm_deploy.export.tensorrt import build_engine
 
     options = options_from_args(args)
+    engine = check_build_paths(args)
     path = build_engine(
         args.onnx,
-        args.engine,
+        engine,
         options,
         cache_dir=args.cache_dir,
         timing_cache=args.timing_cache,
@@ -103,11 +234,19 @@ def add_run_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--shape", default="8x8x128", metavar="BxNxM", help="problem batch (default 8x8x128)"
     )
     p.add_argument(
-        "--n-grad", type=int, default=40, help="outer steps the engine was exported with"
+        "--n-grad",
+        type=_int_in(MAX_N_GRAD),
+        default=40,
+        help=f"outer steps the engine was exported with, 1..{MAX_N_GRAD} (default 40)",
     )
-    p.add_argument("--n-proj", type=int, default=5, help="Dykstra cycles it was exported with")
-    p.add_argument("--lr", type=float, default=0.01, help="step it was exported with")
-    p.add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
+    p.add_argument(
+        "--n-proj",
+        type=_int_in(MAX_N_PROJ),
+        default=5,
+        help=f"Dykstra cycles it was exported with, 1..{MAX_N_PROJ} (default 5)",
+    )
+    p.add_argument("--lr", type=_positive_float, default=0.01, help="step it was exported with")
+    p.add_argument("--repeat", type=_positive_int, default=20, help="timed runs (default 20)")
     p.add_argument("--plugin", action="store_true", help="register the dmm_match plugin first")
     return p
 
@@ -172,6 +311,12 @@ def run_plugin_export(options, out: str | Path, log=print, archs: tuple[int, ...
 
     if not options.plugin:
         raise ValueError("run_plugin_export needs ExportOptions(plugin=True)")
+    for flag, value in (("--n-grad", options.n_grad), ("--n-proj", options.n_proj)):
+        if value > INT32_MAX:
+            raise ValueError(
+                f"{flag} {value} is too large for --plugin: TensorRT passes it to the kernel as "
+                f"int32; expected at most {INT32_MAX}"
+            )
     out = Path(out)
     model = export_matcher(out, options)
     attrs = _plugin_attrs(model)

@@ -284,14 +284,23 @@ def build_engine(
         :meth:`BuilderOptions.cache_tag`) is there is copied instead of rebuilt.
     A graph exported with ``--static BxNxM`` gets a profile of exactly that shape.
     timing_cache: a timing-cache file, read when present and written back after the build.
+    The engine (and the cache's copy) is written atomically: to a temporary file beside it,
+    then renamed; an existing ``engine_path`` is replaced (``dmm-deploy trt-build`` refuses one
+    without ``--overwrite``). ``engine_path`` or ``timing_cache`` being the ONNX file is a
+    ``ValueError``.
     Raises :class:`TensorRTBuildError` with every parser error when the graph is refused,
     ``ImportError`` without TensorRT, ``RuntimeError`` without a GPU.
     """
+    from dmm_deploy.data.davis import atomic_output
+
     options = options or BuilderOptions()
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no ONNX file at {onnx_path}")
     engine_path = Path(engine_path) if engine_path else onnx_path.with_suffix(".engine")
+    for name, path in (("engine path", engine_path), ("timing cache", timing_cache)):
+        if path is not None and Path(path).resolve() == onnx_path.resolve():
+            raise ValueError(f"the {name} {path} is the ONNX file; choose another file")
     profile = _profile_for(onnx_path, options.profile)
     if profile != options.profile:
         options = replace(options, profile=profile)
@@ -311,9 +320,9 @@ def build_engine(
     tag = options.cache_tag(file_digest(onnx_path), trt.__version__, gpu, extra)
     cached = engine_cache_path(cache_dir, onnx_path, tag) if cache_dir else None
     if cached is not None and cached.is_file():
-        engine_path.parent.mkdir(parents=True, exist_ok=True)
         if cached.resolve() != engine_path.resolve():
-            shutil.copyfile(cached, engine_path)
+            with atomic_output(engine_path) as tmp:
+                shutil.copyfile(cached, tmp)
         log(f"engine    cache hit {cached} -> {engine_path}")
         return engine_path
 
@@ -343,11 +352,11 @@ def build_engine(
     log(
         f"engine    built in {time.perf_counter() - t0:.1f} s with TensorRT {trt.__version__} on {gpu}"
     )
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(plan)
+    with atomic_output(engine_path) as tmp:
+        tmp.write_bytes(plan)
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(engine_path, cached)
+        with atomic_output(cached) as tmp:
+            tmp.write_bytes(plan)
     return engine_path
 
 

@@ -835,3 +835,205 @@ def test_serve_on_a_port_in_use_is_one_line(bundle_dir, tmp_path):
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dmm-deploy serve: error: tritonserver"), lines
+
+
+# -- the client command's checks, without a server ---------------------------------------------
+
+
+def _client_inputs(root: Path, n: int = 3) -> tuple[Path, Path]:
+    """A folder of ``n`` small frames and a first mask (written as dmm-deploy writes masks)."""
+    from dmm_deploy.data import write_mask
+
+    frames = root / "frames"
+    frames.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(np.full((16, 24, 3), 40 * i, np.uint8)).save(frames / f"{i:05d}.jpg")
+    mask = np.zeros((16, 24), np.uint8)
+    mask[4:10, 5:12] = 1
+    (root / "prev").mkdir()
+    write_mask(root / "prev" / "00000.png", mask)
+    return frames, root / "prev" / "00000.png"
+
+
+class _FakeClient:
+    """Stands in for :class:`~dmm_deploy.serve.client.SegmentationClient` (no tritonclient):
+    ``why`` is its readiness, ``fail_at`` the frame the server refuses (None: none)."""
+
+    why: str | None = None
+    fail_at: int | None = None
+
+    def __init__(self, url, protocol="grpc", model="dmm_segment", timeout=120.0):
+        self.url = url
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def readiness(self):
+        return self.why
+
+    def segment(self, stream_id, frames, first_mask, detections=None, num_frames=None):
+        from dmm_deploy.serve.client import ServerError
+
+        for i, _ in enumerate(frames):
+            if i == self.fail_at:
+                raise ServerError("frame size changed mid-stream")
+            yield first_mask
+
+
+def test_client_refuses_a_bad_url_or_out_in_one_line_and_writes_nothing(tmp_path, capsys):
+    """``client`` applies ``segment``'s rules to ``--out`` (not an input, new or empty unless
+    ``--overwrite``, which replaces only masks dmm-deploy wrote) and refuses a ``--url`` with
+    a scheme, all before any connection: one line, exit 2, nothing written."""
+    from dmm_deploy.data import write_mask
+
+    frames, mask = _client_inputs(tmp_path)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("keep me")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    write_mask(mine / "00000.png", np.zeros((16, 24), np.uint8))
+    Image.new("RGB", (4, 4)).save(mine / "photo.png")
+    before = _snapshot(tmp_path)
+    base = ["client", "--url", "localhost:1", "--frames", str(frames), "--mask", str(mask)]
+    cases = [
+        (["--out", str(frames)], "--out", "is the --frames folder"),
+        (["--out", str(mask.parent)], "--out", "holds the --mask file"),
+        (["--out", str(mask.parent), "--overwrite"], "--out", "holds the --mask file"),
+        (["--out", str(tmp_path)], "--out", "holds the --frames folder"),
+        (["--out", str(mask)], "--out", "is a file"),
+        (["--out", str(full)], "--out", "is not empty"),
+        (["--out", str(full), "--overwrite"], "--overwrite", "notes.txt"),
+        (["--out", str(mine), "--overwrite"], "--overwrite", "photo.png"),
+        (["--out", str(tmp_path / "o"), "--url", "http://localhost:1"], "--url", "scheme"),
+        (["--out", str(tmp_path / "o"), "--url", "localhost"], "--url", "HOST:PORT"),
+        (["--out", str(tmp_path / "o"), "--max-frames", "0"], "--max-frames", ">= 1"),
+    ]
+    for argv, arg, what in cases:
+        rc, err = _cli(base + argv, capsys)
+        assert rc == 2, (argv, err)
+        assert err.startswith(f"dmm-deploy client: error: {arg}"), (argv, err)
+        assert what in err and err.count("\n") == 1, (argv, err)
+        assert "--resume" not in err, err  # the client has no --resume
+        assert _snapshot(tmp_path) == before, argv
+
+
+def test_client_without_tritonclient_is_one_line_naming_the_serve_extra(
+    tmp_path, monkeypatch, capsys
+):
+    import sys
+
+    frames, mask = _client_inputs(tmp_path)
+    for name in ("tritonclient", "tritonclient.grpc", "tritonclient.http"):
+        monkeypatch.setitem(sys.modules, name, None)
+    before = _snapshot(tmp_path)
+    for protocol in ("grpc", "http"):
+        argv = ["client", "--url", "localhost:1", "--protocol", protocol, "--frames"]
+        argv += [str(frames), "--mask", str(mask), "--out", str(tmp_path / "co")]
+        rc, err = _cli(argv, capsys)
+        assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"tritonclient[{protocol}]" in err and "pip install 'dmm-deploy[serve]'" in err
+        assert _snapshot(tmp_path) == before
+
+
+def test_client_creates_out_only_for_a_ready_server_and_marks_a_refused_run(
+    tmp_path, monkeypatch, capsys
+):
+    """``--out`` is created only once the server's model is ready (no server: one line, exit
+    2, no folder); a frame the server refuses ends the run in one line and leaves the folder
+    marked partial, which ``--overwrite`` then replaces."""
+    from dmm_deploy.data.output import PARTIAL_MARKER
+    from dmm_deploy.serve import client
+
+    frames, mask = _client_inputs(tmp_path)
+    monkeypatch.setattr(client, "SegmentationClient", _FakeClient)
+    out = tmp_path / "co"
+    argv = ["client", "--url", "localhost:1", "--frames", str(frames), "--mask", str(mask)]
+    argv += ["--out", str(out)]
+    monkeypatch.setattr(_FakeClient, "why", "no server answered at localhost:1 (grpc): refused")
+    rc, err = _cli(argv, capsys)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith("dmm-deploy client: error: --url: no server answered"), err
+    assert not out.exists()
+    monkeypatch.setattr(_FakeClient, "why", None)
+    monkeypatch.setattr(_FakeClient, "fail_at", 2)
+    rc, err = _cli(argv, capsys)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "the server refused frame 00002.jpg (3 of 3): frame size changed" in err, err
+    assert (out / PARTIAL_MARKER).is_file() and len(list(out.glob("*.png"))) == 2
+    rc, err = _cli(argv, capsys)
+    assert rc == 2 and "is not empty (unfinished run" in err and "--resume" not in err, err
+    monkeypatch.setattr(_FakeClient, "fail_at", None)
+    rc, err = _cli([*argv, "--overwrite"], capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert (read_mask(out / "00002.png") == read_mask(mask)).all()
+
+
+def test_client_readiness_tells_no_server_from_a_model_not_ready():
+    """:meth:`SegmentationClient.readiness` (no tritonclient: a stand-in connection)."""
+    from types import SimpleNamespace
+
+    from dmm_deploy.serve.client import SegmentationClient
+
+    class ISE(Exception):
+        def message(self):
+            return "failed to connect to all addresses; last error: x: Connection refused"
+
+    class Conn:
+        live, ready, model = ISE(), True, False
+
+        def _answer(self, v):
+            if isinstance(v, Exception):
+                raise v
+            return v
+
+        def is_server_live(self, **kw):
+            return self._answer(self.live)
+
+        def is_server_ready(self, **kw):
+            return self._answer(self.ready)
+
+        def is_model_ready(self, name, **kw):
+            return self._answer(self.model)
+
+    c = object.__new__(SegmentationClient)
+    c.url, c.protocol, c.model, c.timeout = "localhost:1", "grpc", "dmm_segment", 1.0
+    c._exc = SimpleNamespace(InferenceServerException=ISE)
+    c._c = conn = Conn()
+    assert c.readiness() == (
+        "no server answered at localhost:1 (grpc): Connection refused (is the server running, "
+        "and is this its grpc port? the other one needs --protocol http)"
+    )
+    conn.live = ConnectionRefusedError(111, "Connection refused")
+    assert "no server answered at localhost:1 (grpc): Connection refused (" in c.readiness()
+    conn.live = True
+    assert "a server answers at localhost:1 (grpc), but its model 'dmm_segment' is not " in (
+        c.readiness()
+    )
+    conn.ready = False
+    assert "is not ready (still loading its models?)" in c.readiness() and not c.ready()
+    conn.ready = conn.model = True
+    assert c.readiness() is None and c.ready()
+
+
+def test_client_with_no_server_is_one_line(tmp_path, capsys):
+    """With tritonclient and nothing listening: one line, exit 2, ``--out`` not created."""
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] not installed")
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed")
+    import socket
+
+    frames, mask = _client_inputs(tmp_path)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for protocol in ("grpc", "http"):
+        argv = ["client", "--url", f"127.0.0.1:{port}", "--protocol", protocol, "--frames"]
+        argv += [str(frames), "--mask", str(mask), "--out", str(tmp_path / "co")]
+        rc, err = _cli(argv, capsys)
+        assert rc == 2 and err.count("\n") == 1, err
+        assert f"--url: no server answered at 127.0.0.1:{port} ({protocol})" in err, err
+        assert not (tmp_path / "co").exists()

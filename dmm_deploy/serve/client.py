@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -28,13 +29,35 @@ class ServerError(RuntimeError):
 
 
 def _client_module(protocol: str):
-    if protocol == "grpc":
-        import tritonclient.grpc as m
-    elif protocol == "http":
-        import tritonclient.http as m
-    else:
+    """``tritonclient.grpc`` or ``tritonclient.http``; ``ImportError`` naming the ``serve``
+    extra when it is not installed."""
+    if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as m
+        else:
+            import tritonclient.http as m
+        import tritonclient.utils  # noqa: F401
+    except (ImportError, RuntimeError) as e:  # tritonclient without that extra: RuntimeError
+        from dmm_deploy.serve.repository import SERVE_EXTRA
+
+        name = getattr(e, "name", None)
+        detail = f"no module {name}" if name else f"tritonclient without its {protocol} support"
+        raise ImportError(
+            f"the client needs tritonclient[{protocol}] ({detail}): install the serve extra: "
+            f"{SERVE_EXTRA}"
+        ) from e
     return m
+
+
+def _reason(e: BaseException) -> str:
+    """The end of a connection error's text, e.g. ``Connection refused``."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
+    text = " ".join((text or type(e).__name__).split())
+    return text.rsplit(": ", 1)[-1].strip(" []") or text
 
 
 class SegmentationClient:
@@ -63,7 +86,7 @@ class SegmentationClient:
     ) -> None:
         self._m = _client_module(protocol)
         self._exc = __import__("tritonclient.utils", fromlist=["InferenceServerException"])
-        self.protocol, self.model, self.timeout = protocol, model, float(timeout)
+        self.url, self.protocol, self.model, self.timeout = url, protocol, model, float(timeout)
         if protocol == "http":
             self._c = self._m.InferenceServerClient(
                 url, network_timeout=self.timeout, connection_timeout=self.timeout
@@ -82,10 +105,35 @@ class SegmentationClient:
 
     def ready(self) -> bool:
         """True when the server and the model are ready."""
+        return self.readiness() is None
+
+    def readiness(self) -> str | None:
+        """None when the server and the model are ready; else why not, one line that tells
+        nothing answering at the address from a server without the model ready."""
+        where = f"{self.url} ({self.protocol})"
+        kw = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         try:
-            return bool(self._c.is_server_ready() and self._c.is_model_ready(self.model))
-        except (self._exc.InferenceServerException, OSError):
-            return False
+            live = self._c.is_server_live(**kw)
+        except (self._exc.InferenceServerException, OSError) as e:
+            other = "http" if self.protocol == "grpc" else "grpc"
+            return (
+                f"no server answered at {where}: {_reason(e)} (is the server running, and is "
+                f"this its {self.protocol} port? the other one needs --protocol {other})"
+            )
+        if not live:
+            return f"what answered at {where} is not a live inference server"
+        try:
+            if not self._c.is_server_ready(**kw):
+                return f"the server at {where} is not ready (still loading its models?)"
+            ready, why = self._c.is_model_ready(self.model, **kw), ""
+        except (self._exc.InferenceServerException, OSError) as e:
+            ready, why = False, f": {_reason(e)}"
+        if not ready:
+            return (
+                f"a server answers at {where}, but its model {self.model!r} is not ready{why} "
+                "(still loading, failed to load, or another --model)"
+            )
+        return None
 
     def _input(self, name: str, x: np.ndarray, dtype: str):
         t = self._m.InferInput(name, [1, *x.shape], dtype)
@@ -175,17 +223,53 @@ def run_client_job(
     precomputed: str | os.PathLike | None = None,
     model: str = MODEL_NAME,
     max_frames: int | None = None,
+    overwrite: bool = False,
     log=print,
 ) -> int:
     """Segment the frames of ``frames_dir`` through the server into ``out_dir`` (palette PNGs
-    named like the frames); the number of frames written."""
+    named like the frames); the number of frames written.
+
+    ``out_dir`` is guarded as ``dmm-deploy segment`` guards its ``--out`` (see
+    :class:`~dmm_deploy.data.output.ResultFolder`): not the frames' folder, not holding an
+    input, new or empty unless ``overwrite`` (which replaces only masks this tool wrote); it
+    is created only after the inputs were read and the server's model found ready. A run
+    that stops early leaves the folder marked partial.
+
+    Raises:
+        ValueError / FileNotFoundError: bad input, or no ready model at ``url`` (one line).
+        ImportError: tritonclient (the ``serve`` extra) is not installed.
+        ServerError: the server refused a frame (its message, the frame, what was written).
+    """
     import time
     import uuid
-    from pathlib import Path
 
-    from dmm_deploy.data import read_frame, read_mask, write_mask
+    from dmm_deploy.data import read_frame, read_mask
     from dmm_deploy.data.davis import list_images
+    from dmm_deploy.data.output import ResultFolder
 
+    frames_dir, mask, out = Path(frames_dir), Path(mask), Path(out_dir)
+    precomputed = None if precomputed is None else Path(precomputed)
+    inputs = [("--frames", frames_dir), ("--mask", mask), ("--precomputed", precomputed)]
+    if _same_path(frames_dir, out):
+        raise ValueError(f"--out {out} is the --frames folder; expected another folder")
+    for name, path in inputs:
+        if path is not None and _same_path(out, *path.resolve().parents):
+            kind = "folder" if name == "--frames" else "file"
+            raise ValueError(f"--out {out} holds the {name} {kind} {path}; choose another folder")
+    settings = {
+        "url": url,
+        "protocol": protocol,
+        "model": model,
+        "frames": str(frames_dir.resolve()),
+        "mask": str(mask.resolve()),
+        "precomputed": None if precomputed is None else str(precomputed.resolve()),
+        "max_frames": max_frames,
+    }
+    folder = ResultFolder(out, settings, overwrite=overwrite, arg="--out")
+    try:
+        folder.check()
+    except ValueError as e:  # this command has no --resume
+        raise ValueError(str(e).replace(", --resume to continue it", "")) from None
     paths = list_images(frames_dir)
     if not paths:
         raise FileNotFoundError(f"--frames: no images in {frames_dir}")
@@ -198,18 +282,49 @@ def run_client_job(
         from dmm_deploy.runtime import PrecomputedDetections
 
         source = PrecomputedDetections(precomputed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     sid = stream_id or f"client-{uuid.uuid4().hex[:12]}"
-    t0 = time.perf_counter()
+    total = len(paths)
     with SegmentationClient(url, protocol, model) as c:
-        if not c.ready():
-            raise RuntimeError(f"--url: no ready model {model!r} at {url} ({protocol})")
-        frames = (first if i == 0 else read_frame(p) for i, p in enumerate(paths))
-        labels = c.segment(sid, frames, mask0, detections=source, num_frames=len(paths))
-        for n, (p, lab) in enumerate(zip(paths, labels, strict=True), 1):
-            write_mask(out / f"{p.stem}.png", lab)
-            if log is not None and (n % 10 == 0 or n == len(paths)):
-                dt = time.perf_counter() - t0
-                log(f"client: {n}/{len(paths)} frames, {n / dt:.2f} frames/s")
-    return len(paths)
+        why = c.readiness()
+        if why is not None:
+            raise ValueError(f"--url: {why}")
+        folder.open(total)  # created (when new) only now: inputs read, server ready
+        try:
+            t0 = time.perf_counter()
+            frames = (first if i == 0 else read_frame(p) for i, p in enumerate(paths))
+            labels = c.segment(sid, frames, mask0, detections=source, num_frames=total)
+            for n, (p, lab) in enumerate(zip(paths, labels, strict=True), 1):
+                folder.write_mask(p.stem, lab)
+                if log is not None and (n % 10 == 0 or n == total):
+                    dt = time.perf_counter() - t0
+                    log(f"client: {n}/{total} frames, {n / dt:.2f} frames/s")
+        except BaseException as e:
+            done = folder.written
+            if done:
+                stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped"
+                folder.mark_partial(f"{stop} after {done} of {total} frames: {e}")
+                folder.release()
+                where = f"{out} is marked partial; rerun with --overwrite"
+            else:
+                folder.release(discard_if_empty=True)
+                where = "nothing written"
+            if isinstance(e, KeyboardInterrupt):
+                raise KeyboardInterrupt(
+                    f"interrupted after {done} of {total} frames ({where})"
+                ) from None
+            if isinstance(e, ServerError):
+                name = paths[min(done, total - 1)].name
+                raise ServerError(
+                    f"the server refused frame {name} ({done + 1} of {total}): {e} ({where})"
+                ) from None
+            raise
+    folder.finish()
+    return total
+
+
+def _same_path(a: Path, *others: Path) -> bool:
+    """Whether ``a`` is the same path as one of ``others`` (links resolved)."""
+    try:
+        return a.resolve() in {o.resolve() for o in others}
+    except OSError:
+        return False

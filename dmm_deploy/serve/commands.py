@@ -166,6 +166,11 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", required=True, metavar="PNG", help="first frame's annotation")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder of palette PNGs")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the masks dmm-deploy wrote in a non-empty --out (anything else: refused)",
+    )
+    p.add_argument(
         "--precomputed",
         metavar="NPZ",
         help="this video's detections (for a server whose bundle has no proposals stage)",
@@ -175,10 +180,23 @@ def add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, metavar="N", help="only the first N frames")
 
 
+def _server_url(url: str) -> str:
+    """``--url`` as tritonclient takes it: ``HOST:PORT``, no scheme (that is ``--protocol``)."""
+    if "://" in url:
+        raise ValueError(
+            f"--url {url}: expected HOST:PORT without a scheme (--protocol grpc or http says "
+            "how to talk to the server)"
+        )
+    host, _, port = url.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--url {url}: expected HOST:PORT, e.g. localhost:8001")
+    return url
+
+
 def run_client(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dmm_deploy.serve.client import run_client_job
+    from dmm_deploy.serve.client import ServerError, run_client_job
 
     if not Path(args.frames).is_dir():
         raise FileNotFoundError(f"--frames: {args.frames} is not a folder")
@@ -186,21 +204,26 @@ def run_client(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--mask: file not found: {args.mask}")
     if args.precomputed is not None and not Path(args.precomputed).is_file():
         raise FileNotFoundError(f"--precomputed: file not found: {args.precomputed}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out: {args.out} is a file, expected a folder")
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
-    n = run_client_job(
-        args.url,
-        args.frames,
-        args.mask,
-        args.out,
-        protocol=args.protocol,
-        stream_id=args.stream_id,
-        precomputed=args.precomputed,
-        model=args.model,
-        max_frames=args.max_frames,
-    )
+    url = _server_url(args.url)
+    try:  # checks --out and the inputs, then the server, before --out is created
+        n = run_client_job(
+            url,
+            args.frames,
+            args.mask,
+            args.out,
+            protocol=args.protocol,
+            stream_id=args.stream_id,
+            precomputed=args.precomputed,
+            model=args.model,
+            max_frames=args.max_frames,
+            overwrite=args.overwrite,
+        )
+    except ImportError as e:  # tritonclient (the serve extra) is not installed
+        raise ValueError(str(e)) from e
+    except ServerError as e:  # the server refused a frame: its message, one line
+        raise ValueError(str(e)) from e
     print(f"client: {n} label maps written to {args.out}")
     return 0
 

@@ -30,7 +30,6 @@ import sys
 import traceback
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from dmm_deploy import __version__
 
@@ -72,29 +71,16 @@ class Command:
 # -- adapters for jobs whose modules use other function names -------------------------------
 
 
-def _output_file(text: str) -> Path:
-    """An output file name; a folder (existing, or written with a trailing slash) is refused
-    instead of silently becoming a file of that name."""
-    if text.endswith(("/", "\\")) or Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"expected a file name, got the folder {text}")
-    return Path(text)
-
-
 def _add_export(p: argparse.ArgumentParser) -> None:
     from dmm_deploy.export.matcher_job import add_export_args
 
     add_export_args(p)
-    for action in p._actions:  # --out is declared by the job; make it refuse folders
-        if "--out" in action.option_strings:
-            action.type = _output_file
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from dmm_deploy.data.output import check_output_path
-    from dmm_deploy.export.matcher_job import options_from_args, run_export
+    from dmm_deploy.export.matcher_job import run
 
-    check_output_path(args.out, "--out", "file")  # before the export, not after it
-    return run_export(options_from_args(args), args.out, verify=not args.no_verify)
+    return run(args)  # checks --out (and the other arguments) before the export
 
 
 def _add_trt_build(p: argparse.ArgumentParser) -> None:

@@ -198,3 +198,143 @@ def test_variant_option_errors():
         ExportOptions(variant="orig")
     with pytest.raises(ValueError, match="variant"):
         ExportOptions(variant="original", plugin=True)
+
+
+def _cli(*args):
+    """``dmm-deploy export ARGS``: the exit code (usage errors end in SystemExit)."""
+    from dmm_deploy.cli import main
+
+    try:
+        return main(["export", *map(str, args)])
+    except SystemExit as e:
+        return e.code
+
+
+def test_nan_parity_error_fails(tmp_path, monkeypatch, capsys):
+    from dmm_deploy.export import matcher_job
+
+    def nan_parity(path, options):
+        return [((1, 2, 3), 1e-7), ((1, 2, 3), float("nan")), ((1, 2, 3), 1e-7)]
+
+    monkeypatch.setattr(matcher_job, "verify_onnxruntime", nan_parity)
+    lines = []
+    out = tmp_path / "n.onnx"
+    options = ExportOptions(n_grad=1, n_proj=2, static_shape=(1, 2, 3))
+    assert matcher_job.run_export(options, out, log=lines.append) == 1
+    assert "FAIL      max abs error nan (the graph's output is not finite)" in lines
+    assert "result    FAILED" in lines and not out.exists()
+
+
+@pytest.mark.parametrize("lr", ["1e39", "1e-300", "inf", "nan"])
+def test_lr_outside_float32_is_refused(tmp_path, capsys, lr):
+    assert _cli("--lr", lr, "--out", tmp_path / "m.onnx") == 2
+    err = capsys.readouterr().err.strip()
+    assert "argument --lr: expected a positive finite number" in err and "\n" not in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_existing_out_is_kept_unless_written_by_export(tmp_path, capsys):
+    out = tmp_path / "keep.onnx"
+    out.write_text("precious\n")
+    assert _cli("--n-grad", 1, "--n-proj", 2, "--no-verify", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} exists and is not a matcher model written by this command: pass " in err
+    assert out.read_text() == "precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.onnx"]  # no temporary file
+    assert _cli("--n-grad", 1, "--n-proj", 2, "--no-verify", "--out", out, "--overwrite") == 0
+    model = onnx.load(str(out))
+    assert ("dmm_deploy.model", "matcher") in {(p.key, p.value) for p in model.metadata_props}
+    # an earlier export is replaced without --overwrite (running the quickstart twice)
+    assert _cli("--n-grad", 2, "--n-proj", 1, "--no-verify", "--out", out) == 0
+    assert "n_grad=2 " in onnx.load(str(out)).doc_string
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.onnx"]
+
+
+def test_failing_export_leaves_out_as_it_was(tmp_path, monkeypatch):
+    from dmm_deploy.export import matcher_job
+
+    out = tmp_path / "m.onnx"
+    assert _cli("--n-grad", 1, "--n-proj", 1, "--no-verify", "--out", out) == 0
+    before = out.read_bytes()
+    monkeypatch.setattr(matcher_job, "verify_onnxruntime", lambda p, o: [((1, 2, 3), 1.0)])
+    monkeypatch.setattr(matcher_job, "_timing", lambda p, o: ((1, 2, 3), 1.0, 1.0))
+    assert _cli("--n-grad", 2, "--n-proj", 1, "--static", "1x2x3", "--out", out) == 1
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("{tmp}", "argument --out: expected a file name, got the folder "),
+        ("", "argument --out: expected a file name, got ''"),
+        ("{tmp}/afile/x.onnx", "--out {tmp}/afile/x.onnx lies below the file {tmp}/afile"),
+        ("{tmp}/newdir2/", "argument --out: expected a file name, got the folder "),
+        ("/dev/null", "--out /dev/null is not a regular file; expected a file name"),
+    ],
+)
+def test_script_checks_out_like_the_cli(repo_root, tmp_path, out, message):
+    (tmp_path / "afile").write_text("x")
+    out, message = out.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "export/to_onnx.py", "--n-grad", "1", "--n-proj", "1", "--out", out],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize(
+    ("args", "variant"),
+    [
+        (["--n-grad", "10", "--n-proj", "1"], "listing1"),
+        (["--n-grad", "1", "--n-proj", "5", "--static", "4x1x8"], "listing1"),
+        (["--n-grad", "2", "--n-proj", "3", "--static", "2x3x1"], "listing1"),
+        (["--n-grad", "3", "--n-proj", "1", "--static", "1x1x1"], "original"),
+    ],
+)
+def test_full_size_check_holds_for_n_or_m_one_and_one_cycle(tmp_path, capsys, args, variant):
+    out = tmp_path / "m.onnx"
+    assert _cli(*args, "--variant", variant, "--no-verify", "--out", out) == 0
+    assert "FAIL" not in capsys.readouterr().out
+
+
+def test_full_size_statistic_ignores_static_ones(tmp_path):
+    for shape in [(4, 1, 8), (4, 3, 1), (2, 3, 5)]:
+        opts = ExportOptions(n_grad=1, n_proj=5, static_shape=shape)
+        stats = graph_stats(export_matcher(tmp_path / "s.onnx", opts), 1, 5)
+        assert stats.full_size_ops == 5 * 5 + 2 + 1  # 5 per cycle, step, running sum, mean
+
+
+def test_full_size_check_still_catches_a_bloated_graph(tmp_path, monkeypatch):
+    from dmm_deploy.export import matcher_job
+
+    # one cycle fewer allowed per inner step than the graph has: the check must fail
+    monkeypatch.setitem(matcher_job.INNER_FULL_SIZE_OPS_BY_VARIANT, "listing1", 4)
+    monkeypatch.setattr(matcher_job, "OUTER_FULL_SIZE_OPS_ALLOWED", 2)
+    lines = []
+    options = ExportOptions(n_grad=2, n_proj=5)
+    assert matcher_job.run_export(options, tmp_path / "m.onnx", verify=False, log=lines.append)
+    assert any(line.startswith("FAIL      ") and "full-size ops" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--static", "100000x100000x100000"], "argument --static: expected BxNxM with B*N*M"),
+        (["--static", "99999999999999999999x1x1"], "argument --static: expected BxNxM with"),
+        (["--n-grad", "1000000000"], "argument --n-grad: expected an integer in 1..1000"),
+        (["--n-proj", "101"], "argument --n-proj: expected an integer in 1..100"),
+        (["--n-grad", "1000", "--n-proj", "100"], "--n-grad x --n-proj must be at most 10000"),
+        (["--plugin", "--static", "1x65x10"], "--static with --plugin: N must be in 1..64"),
+    ],
+)
+def test_sizes_out_of_range_one_line(tmp_path, capsys, args, message):
+    assert _cli(*args, "--no-verify", "--out", tmp_path / "m.onnx") == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())

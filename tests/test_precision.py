@@ -157,21 +157,18 @@ def test_fp16_is_less_accurate_than_mixed(tmp_path):
     assert errs["fp16"] > errs["mixed"]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "mixed", "fp16"])
-def test_export_job_with_precision(tmp_path, precision):
+@pytest.mark.parametrize(
+    ("precision", "variant"),
+    [("fp32", "listing1"), ("mixed", "listing1"), ("fp16", "listing1"), ("fp16", "original")],
+)
+def test_export_job_with_precision(tmp_path, precision, variant):
+    """Every precision exports and verifies; the fp16 check runs the graph node by node in
+    torch, so it must know the original variant's operators too (norms, comparisons)."""
     parser = add_export_args(argparse.ArgumentParser())
     args = parser.parse_args(
-        [
-            "--n-grad",
-            "3",
-            "--n-proj",
-            "2",
-            "--precision",
-            precision,
-            "--out",
-            str(tmp_path / "m.onnx"),
-        ]
-    )
+        ["--n-grad", "3", "--n-proj", "2", "--precision", precision, "--variant", variant,
+         "--out", str(tmp_path / "m.onnx")]
+    )  # fmt: skip
     opts = options_from_args(args)
     assert opts.precision == precision
     lines = []

@@ -38,9 +38,8 @@ PLUGIN_TENSORRT_VERSIONS = ("10.9", "11.0")
 INT32_MAX = 2**31 - 1  # the plugin's n_grad and n_proj reach TensorRT as int32 (trtp.SymInt32)
 
 
-# ``dmm-deploy export``'s ranges and messages (matcher_job's MAX_N_GRAD, MAX_N_PROJ, _int_in,
-# _positive_float): an engine runs with what it was exported with. matcher_job imports this
-# module, so they are repeated here; tests/test_tensorrt_engine.py checks that they agree.
+# The ranges and messages of n_grad, n_proj and lr, for ``dmm-deploy export`` (matcher_job
+# imports them from here) and ``trt-run`` alike: an engine runs with what it was exported with.
 MAX_N_GRAD = 1000
 MAX_N_PROJ = 100
 _F32_TINY, _F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)

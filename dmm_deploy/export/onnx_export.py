@@ -33,12 +33,18 @@ __all__ = [
     "export_matcher",
     "fold_constant_nodes",
     "graph_stats",
+    "is_exported_matcher",
     "parity_shapes",
     "verify_onnxruntime",
 ]
 
 INPUT_NAMES = ("cost", "x_init")
 OUTPUT_NAME = "assignment"
+# metadata_props entry of every model export_matcher writes: how a later export knows that an
+# existing --out is its own (replaced) and not a user's file (kept unless --overwrite)
+MODEL_MARKER = ("dmm_deploy.model", "matcher")
+# the largest model is_exported_matcher reads (an unrolled export of 10000 cycles is ~40 MB)
+_MAX_MARKED_BYTES = 256 * 1024 * 1024
 REDUCE_OPS = frozenset(
     {
         "ReduceSum",
@@ -162,18 +168,41 @@ def graph_stats(model: onnx.ModelProto, n_grad: int, n_proj: int) -> GraphStats:
     """Node counts; element-wise ops whose output has the full ``(B, n, m)`` shape of ``cost``.
 
     Shapes come from ONNX shape inference with data propagation; an element-wise node is
-    full-size when its inferred output shape equals the ``cost`` input's shape. Dynamic
-    input dims are fixed to distinct sizes (2, 3, 5) first: symbolic dims do not survive
-    broadcasting against ``(B, 1, 1)`` tensors in ONNX shape inference, which would hide
-    full-size ops.
+    full-size when its inferred output shape equals the ``cost`` input's shape. The input
+    dims are set to distinct sizes (2, 3, 5) first, static ones included, and the shapes
+    the model records are dropped: symbolic dims do not survive broadcasting against
+    ``(B, 1, 1)`` tensors in ONNX shape inference, which would hide full-size ops, and with
+    a static ``n = 1`` (or ``m = 1``) a column sum ``(B, 1, m)`` (a row sum ``(B, n, 1)``)
+    and the broadcasts of it would have the full shape. The matcher graph has no shape
+    operators, so its node shapes follow from its input shapes alone; a graph whose
+    inference fails with the new sizes is measured at its own.
     """
-    concrete = onnx.ModelProto()
-    concrete.CopyFrom(model)
-    for vi in concrete.graph.input:
-        for dim, size in zip(vi.type.tensor_type.shape.dim, (2, 3, 5), strict=False):
-            if not dim.dim_value:
+    inferred = None
+    if any(len(vi.type.tensor_type.shape.dim) == 3 for vi in model.graph.input):
+        relabeled = onnx.ModelProto()
+        relabeled.CopyFrom(model)
+        del relabeled.graph.value_info[:]
+        for vi in relabeled.graph.output:
+            for dim in vi.type.tensor_type.shape.dim:
+                dim.Clear()
+        for vi in relabeled.graph.input:
+            for dim, size in zip(vi.type.tensor_type.shape.dim, (2, 3, 5), strict=False):
+                dim.Clear()
                 dim.dim_value = size
-    inferred = onnx.shape_inference.infer_shapes(concrete, data_prop=True)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(
+                relabeled, strict_mode=True, data_prop=True
+            )
+        except Exception:  # shape inference raises several types (InferenceError, ...)
+            inferred = None
+    if inferred is None:
+        concrete = onnx.ModelProto()
+        concrete.CopyFrom(model)
+        for vi in concrete.graph.input:
+            for dim, size in zip(vi.type.tensor_type.shape.dim, (2, 3, 5), strict=False):
+                if not dim.dim_value:
+                    dim.dim_value = size
+        inferred = onnx.shape_inference.infer_shapes(concrete, data_prop=True)
     shapes = {vi.name: _dims(vi) for vi in inferred.graph.value_info}
     shapes.update({vi.name: _dims(vi) for vi in inferred.graph.output})
     full = _dims(next(i for i in inferred.graph.input if i.name == INPUT_NAMES[0]))
@@ -215,6 +244,7 @@ def export_matcher(path: str | Path, options: ExportOptions = ExportOptions()) -
             static_shape=options.static_shape,
             opset=options.opset,
         )
+        _mark(model)
         onnx.save(model, str(path))
         return model
     shape = options.static_shape or (2, 3, 5)
@@ -252,6 +282,7 @@ def export_matcher(path: str | Path, options: ExportOptions = ExportOptions()) -
         )
         + ("" if options.precision == "fp32" else f"; precision {options.precision}")
     )
+    _mark(model)
     onnx.checker.check_model(model, full_check=True)
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     problems = check_graph(model)
@@ -259,6 +290,36 @@ def export_matcher(path: str | Path, options: ExportOptions = ExportOptions()) -
         raise RuntimeError("exported graph is not deployable:\n  " + "\n  ".join(problems))
     onnx.save(model, str(path))
     return model
+
+
+def _mark(model: onnx.ModelProto) -> None:
+    key, value = MODEL_MARKER
+    onnx.helper.set_model_props(
+        model, {**{p.key: p.value for p in model.metadata_props}, key: value}
+    )
+
+
+def is_exported_matcher(path: str | Path) -> bool:
+    """Whether ``path`` is a regular file holding an ONNX model :func:`export_matcher` wrote:
+    one with the :data:`MODEL_MARKER` metadata entry, or, from versions before the marker,
+    the ``cost, x_init -> assignment`` graph with its ``DMM matcher`` doc string.
+    Anything else (another model, another file, a file over 256 MiB) is not."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > _MAX_MARKED_BYTES:
+            return False
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not protobuf, or not readable: not ours
+        return False
+    key, value = MODEL_MARKER
+    if any(p.key == key and p.value == value for p in model.metadata_props):
+        return True
+    graph = model.graph
+    return (
+        model.doc_string.startswith("DMM matcher")
+        and tuple(i.name for i in graph.input) == INPUT_NAMES
+        and [o.name for o in graph.output] == [OUTPUT_NAME]
+    )
 
 
 def parity_shapes(options: ExportOptions) -> list[tuple[int, int, int]]:

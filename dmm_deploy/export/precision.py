@@ -172,6 +172,48 @@ def _run_node(node, args: list, attrs: dict):
         return _reduce_sum(
             args[0], axes, attrs.get("keepdims", 1), attrs.get("noop_with_empty_axes", 0)
         )
+    if op == "ReduceL2":  # the original variant's step norms
+        axes = args[1] if len(args) > 1 else None
+        squares = _reduce_sum(
+            args[0] * args[0], axes, attrs.get("keepdims", 1), attrs.get("noop_with_empty_axes", 0)
+        )
+        return torch.sqrt(squares)
+    compare = {
+        "Greater": torch.gt, "Less": torch.lt, "GreaterOrEqual": torch.ge,
+        "LessOrEqual": torch.le, "Equal": torch.eq, "And": torch.logical_and,
+        "Or": torch.logical_or, "Xor": torch.logical_xor,
+    }  # fmt: skip
+    if op in compare:
+        return compare[op](args[0], args[1])
+    if op == "Not":
+        return torch.logical_not(args[0])
+    if op in ("Abs", "Sqrt"):
+        return (torch.abs if op == "Abs" else torch.sqrt)(args[0])
+    if op == "Unsqueeze":
+        out = args[0]
+        for a in sorted(int(a) % (out.ndim + len(args[1])) for a in args[1].tolist()):
+            out = out.unsqueeze(a)
+        return out
+    if op == "Concat":
+        return torch.cat(args, dim=attrs["axis"])
+    if op == "ConstantOfShape":
+        value = attrs.get("value")
+        fill = torch.from_numpy(numpy_helper.to_array(value).copy()) if value is not None else None
+        dtype = fill.dtype if fill is not None else torch.float32
+        return torch.full(
+            tuple(args[0].tolist()), fill.item() if fill is not None else 0.0, dtype=dtype
+        )
+    if op == "Slice":
+        data, starts, ends = args[0], args[1].tolist(), args[2].tolist()
+        axes = args[3].tolist() if len(args) > 3 else list(range(len(starts)))
+        steps = args[4].tolist() if len(args) > 4 else [1] * len(starts)
+        index = [slice(None)] * data.ndim
+        for a, b, e, st in zip(axes, starts, ends, steps, strict=True):
+            if st != 1:
+                raise NotImplementedError("run_graph_torch implements Slice with step 1 only")
+            n = data.shape[a]
+            index[a] = slice(max(-n, min(b, n)), max(-n, min(e, n)))
+        return data[tuple(index)]
     if op == "Cast":
         return args[0].to(_TORCH_DTYPES[attrs["to"]])
     if op == "Shape":

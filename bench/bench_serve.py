@@ -170,6 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     from _common import check_out_arg
 
     check_out_arg(p, args.out)
+    try:
+        counts = [int(s) for s in args.streams.split(",")]
+    except ValueError:
+        p.error(f"--streams must be a comma list of stream counts, got {args.streams!r}")
+    if min(counts) < 1:
+        p.error(f"--streams must be positive, got {args.streams!r}")
+    for name, value in (("--frames", args.frames), ("--scale", args.scale)):
+        if value < 1:
+            p.error(f"{name} must be >= 1, got {value}")
+    if not args.batch_delay_ms >= 0:
+        p.error(f"--batch-delay-ms must be >= 0, got {args.batch_delay_ms}")
+    if not Path(args.bundle).is_dir():
+        p.error(f"--bundle {args.bundle} is not a folder")
     command = "python bench/bench_serve.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
@@ -179,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     why = server_problem()
     if why:
         raise SystemExit(f"the server cannot run here: {why}")
-    counts = [int(s) for s in args.streams.split(",")]
     videos = [video(k, args.frames, args.scale) for k in range(max(counts))]
     rows = []
     # offline: one stream in this process (first frame annotated, excluded from timing)

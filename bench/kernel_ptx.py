@@ -231,6 +231,10 @@ def _shape(text: str) -> tuple[int, int]:
         n, m = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"shape must look like 8x128, got {text!r}") from None
+    if not (1 <= n <= 64 and 1 <= m <= 1024):
+        raise argparse.ArgumentTypeError(
+            f"shape must have n in 1..64 and m in 1..1024 (the kernels' limits), got {text!r}"
+        )
     return n, m
 
 
@@ -246,6 +250,8 @@ def main(argv=None) -> int:
     from _common import check_out_arg
 
     check_out_arg(p, args.out)
+    if min(args.batches) < 1:
+        p.error(f"--batches must be positive, got {args.batches}")
     command = "python bench/kernel_ptx.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = collect(args.arch, args.shapes, args.kinds, args.variants, args.batches)
     write(args.out, rows, command.strip())

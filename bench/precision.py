@@ -218,6 +218,12 @@ def main(argv=None) -> int:
     check_out_arg(p, args.out)
     if args.problems < 1 or args.shapes < 1:
         p.error("--problems and --shapes must be positive")
+    if args.n_grad < 1 or args.n_proj < 1:
+        p.error("--n-grad and --n-proj must be positive")
+    if not 0 < args.lr < float("inf"):
+        p.error(f"--lr must be a positive finite number, got {args.lr}")
+    if args.seed < 0:
+        p.error(f"--seed must be >= 0, got {args.seed}")
     torch.set_num_threads(1)
     results = measure(args)
     write(results, args, args.out)

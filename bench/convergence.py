@@ -509,15 +509,20 @@ def parse_args(argv=None):
     check_out_arg(p, args.out)
     argv_used = sys.argv[1:] if argv is None else list(argv)
     args.command = " ".join(["python", f"bench/{Path(__file__).name}", *argv_used])
-    if args.quick:
-        args.n_grad, args.n_proj, args.inits, args.table_problems = 12, 4, 3, 16
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be a positive integer")
     for name in ("n_grad", "n_proj", "matrices", "inits", "table_problems"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be a positive integer")
-    if any(lr <= 0 for lr in args.lrs):
-        p.error("--lrs must be positive")
+    if not all(0 < lr < float("inf") for lr in args.lrs):
+        p.error(f"--lrs must be positive finite numbers, got {args.lrs}")
+    if args.quick:
+        sized = [
+            a for a in ("--n-grad", "--n-proj", "--inits", "--table-problems") if a in argv_used
+        ]
+        if sized:
+            p.error(f"--quick sets its own sizes; it does not go with {', '.join(sized)}")
+        args.n_grad, args.n_proj, args.inits, args.table_problems = 12, 4, 3, 16
     args.variants = list(dict.fromkeys(args.variants))  # keep order, drop repeats
     return args
 

@@ -517,9 +517,8 @@ def parse_args(argv=None):
     if not all(0 < lr < float("inf") for lr in args.lrs):
         p.error(f"--lrs must be positive finite numbers, got {args.lrs}")
     if args.quick:
-        sized = [
-            a for a in ("--n-grad", "--n-proj", "--inits", "--table-problems") if a in argv_used
-        ]
+        sizes = ("--n-grad", "--n-proj", "--inits", "--table-problems")
+        sized = [a for a in sizes if any(x == a or x.startswith(f"{a}=") for x in argv_used)]
         if sized:
             p.error(f"--quick sets its own sizes; it does not go with {', '.join(sized)}")
         args.n_grad, args.n_proj, args.inits, args.table_problems = 12, 4, 3, 16

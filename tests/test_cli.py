@@ -396,7 +396,9 @@ def test_python_m_usage_errors_never_import_torch(tmp_path):
         "codes = []\n"
         "for argv in (['segment', '--frames', 'x'], ['segment', '--frames', 'nope', '--mask',"
         " 'm.png', '--out', 'o', '--random-weights'], ['eval', '--gt', 'a', '--pred', 'b'],"
-        " ['segment', '--help']):\n"
+        " ['segment', '--help'], ['export', '--help'], ['export', '--n-grad', '0'],"
+        " ['export', '--out', 'o.onnx', '--static', '1x65x10', '--plugin'],"
+        " ['trt-build', '--help']):\n"
         "    try:\n"
         "        codes.append(main(argv))\n"
         "    except SystemExit as e:\n"
@@ -407,7 +409,8 @@ def test_python_m_usage_errors_never_import_torch(tmp_path):
     r = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
-    assert r.stdout.strip().splitlines()[-1] == "[2, 2, 2, 0] False False", r.stdout + r.stderr
+    want = "[2, 2, 2, 0, 0, 2, 2, 0] False False"
+    assert r.stdout.strip().splitlines()[-1] == want, r.stdout + r.stderr
     r = subprocess.run(
         [sys.executable, "-m", "dmm_deploy", "-q", "--version"],
         capture_output=True,

@@ -10,22 +10,15 @@ import math
 import os
 import secrets
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from dmm_deploy.export.engine_job import MAX_N_GRAD, MAX_N_PROJ, _int_in, _positive_float
-from dmm_deploy.export.onnx_export import (
-    ExportOptions,
-    export_matcher,
-    graph_stats,
-    is_exported_matcher,
-    median_time,
-    ort_session,
-    random_problems,
-    verify_onnxruntime,
-)
-from dmm_deploy.export.tensorrt_compat import tensorrt_verdicts
-from dmm_deploy.matching.reference import match_reference
+
+if TYPE_CHECKING:
+    from dmm_deploy.export.onnx_export import ExportOptions
+
+# torch, onnx and the exporter are imported where the export runs: the CLI imports this
+# module for ``export --help`` and usage errors, which import no torch (see dmm_deploy.cli)
 
 __all__ = [
     "PARITY_ATOL",
@@ -34,7 +27,6 @@ __all__ = [
     "options_from_args",
     "run",
     "run_export",
-    "tensorrt_verdicts",
 ]
 
 PARITY_ATOL = 1e-5
@@ -180,6 +172,8 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
                 f"--static with --plugin: N must be in 1..{PLUGIN_MAX_N} and M in "
                 f"1..{PLUGIN_MAX_M} (the kernel's tile), got {'x'.join(map(str, args.static))}"
             )
+    from dmm_deploy.export.onnx_export import ExportOptions  # torch: after the checks
+
     return ExportOptions(
         n_grad=args.n_grad,
         n_proj=args.n_proj,
@@ -194,6 +188,11 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
 
 def _timing(path: Path, options: ExportOptions) -> tuple[tuple[int, int, int], float, float]:
     """One-thread median time of onnxruntime and the eager reference on one batch."""
+    import torch
+
+    from dmm_deploy.export.onnx_export import median_time, ort_session, random_problems
+    from dmm_deploy.matching.reference import match_reference
+
     shape = options.static_shape or (64, 8, 128)
     cost, x_init = random_problems(shape, seed=123)
     if options.precision != "fp32":
@@ -229,6 +228,7 @@ def check_out(out: str | Path, overwrite: bool = False) -> None:
         ValueError: one line naming ``--out``, the path and what was expected.
     """
     from dmm_deploy.data.output import check_output_path
+    from dmm_deploy.export.onnx_export import is_exported_matcher
 
     out = Path(out)
     check_output_path(out, "--out", "file")
@@ -286,6 +286,9 @@ def run_export(
 
 def _export_and_check(options: ExportOptions, path: Path, out: Path, verify: bool, log) -> int:
     """Export to ``path`` (reported as ``out``), check, compare, time; returns the exit code."""
+    from dmm_deploy.export.onnx_export import export_matcher, graph_stats, verify_onnxruntime
+    from dmm_deploy.export.tensorrt_compat import tensorrt_verdicts
+
     model = export_matcher(path, options)
     stats = graph_stats(model, options.n_grad, options.n_proj)
     size = os.path.getsize(path)

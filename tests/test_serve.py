@@ -897,6 +897,9 @@ def test_client_refuses_a_bad_url_or_out_in_one_line_and_writes_nothing(tmp_path
     mine.mkdir()
     write_mask(mine / "00000.png", np.zeros((16, 24), np.uint8))
     Image.new("RGB", (4, 4)).save(mine / "photo.png")
+    (tmp_path / "blank").mkdir()
+    blank = tmp_path / "blank" / "00000.png"
+    write_mask(blank, np.zeros((16, 24), np.uint8))  # the first frame's size, no object
     before = _snapshot(tmp_path)
     base = ["client", "--url", "localhost:1", "--frames", str(frames), "--mask", str(mask)]
     cases = [
@@ -911,6 +914,7 @@ def test_client_refuses_a_bad_url_or_out_in_one_line_and_writes_nothing(tmp_path
         (["--out", str(tmp_path / "o"), "--url", "http://localhost:1"], "--url", "scheme"),
         (["--out", str(tmp_path / "o"), "--url", "localhost"], "--url", "HOST:PORT"),
         (["--out", str(tmp_path / "o"), "--max-frames", "0"], "--max-frames", ">= 1"),
+        (["--out", str(tmp_path / "o"), "--mask", str(blank)], "--mask", "holds no object"),
     ]
     for argv, arg, what in cases:
         rc, err = _cli(base + argv, capsys)

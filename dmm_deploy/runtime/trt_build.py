@@ -179,7 +179,9 @@ def build_plan(
         raise TensorRTBuildError(
             f"TensorRT could not build an engine from {onnx_path} (see its log)"
         )
-    if tc_path is not None:
-        tc_path.parent.mkdir(parents=True, exist_ok=True)
-        tc_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    if tc_path is not None:  # atomically: builds sharing the cache never read half of one
+        from dmm_deploy.data.davis import atomic_output
+
+        with atomic_output(tc_path) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     return bytes(plan)

@@ -277,6 +277,11 @@ def run_client_job(
         paths = paths[:max_frames]
     first = read_frame(paths[0])
     mask0 = read_mask(mask, expected_size=first.shape[:2])
+    if not ((mask0 > 0) & (mask0 < 255)).any():
+        raise ValueError(
+            f"--mask {mask} holds no object (only background 0 and void 255); expected object "
+            "ids in 1..254 on the first frame"
+        )
     source = None
     if precomputed is not None:
         from dmm_deploy.runtime import PrecomputedDetections

@@ -40,6 +40,7 @@ __all__ = [
     "ResultFolder",
     "check_not_an_input",
     "check_output_path",
+    "check_replaceable_file",
     "describe_partial",
     "is_written_mask",
     "read_partial",
@@ -94,6 +95,23 @@ def check_output_path(path: str | Path, arg: str, kind: str = "folder") -> None:
         raise ValueError(f"{arg} {path} lies below the file {anc}; expected a path in a folder")
     if not os.access(anc, os.W_OK | os.X_OK):
         raise ValueError(f"{arg} {path}: no permission to write in {anc}")
+
+
+def check_replaceable_file(path: str | Path, arg: str, overwrite: bool) -> None:
+    """An existing output file ``path`` (given as ``arg``) is replaced only with ``overwrite``,
+    and only when it is a regular file (not a folder, a link, a device, a FIFO)."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{arg} {path} exists: pass --overwrite to replace it, or choose another file"
+        )
+    if path.is_symlink() or not path.is_file():
+        what = "a symbolic link" if path.is_symlink() else "not a regular file"
+        raise ValueError(
+            f"{arg} {path} is {what}; --overwrite replaces regular files only, choose another file"
+        )
 
 
 def check_not_an_input(

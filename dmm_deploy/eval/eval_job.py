@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -102,27 +101,11 @@ def _refuse_overlap(targets, inputs, sequences) -> None:
         check_not_an_input(arg, path, [("--sequences", sequences)], inputs)
 
 
-def _refuse_existing_csv(path: Path, overwrite: bool) -> None:
-    """An existing ``--csv`` is replaced only with ``--overwrite``, and only if it is a regular
-    file (not a folder, a link, a device...)."""
-    if not os.path.lexists(path):
-        return
-    if not overwrite:
-        raise ValueError(
-            f"--csv {path} exists: pass --overwrite to replace it, or choose another file"
-        )
-    if path.is_symlink() or not path.is_file():
-        what = "a symbolic link" if path.is_symlink() else "not a regular file"
-        raise ValueError(
-            f"--csv {path} is {what}; --overwrite replaces regular files only, choose another file"
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     """Evaluate ``args.pred`` against ``args.gt``, print the table, write the CSV files asked
     for (``args.csv``, replacing an existing file only with ``args.overwrite``;
     ``args.davis_csv``, never replacing)."""
-    from dmm_deploy.data.output import check_output_path
+    from dmm_deploy.data.output import check_output_path, check_replaceable_file
     from dmm_deploy.eval.folders import davis_image_set, evaluate_dirs, read_image_set
     from dmm_deploy.eval.metrics import disk_radius
 
@@ -150,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             targets.append(("--davis-csv", path))
     _refuse_overlap(targets, inputs, args.sequences)
     if args.csv is not None:  # after the overlap checks: their messages say more
-        _refuse_existing_csv(Path(args.csv), args.overwrite)
+        check_replaceable_file(args.csv, "--csv", args.overwrite)
     listing = args.sequences
     if listing is None:
         listing = davis_image_set(args.gt, args.set)
@@ -177,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"dmm-deploy eval: warning: {w}", file=sys.stderr)
     print(results.format_table())
     if args.csv is not None:
-        _refuse_existing_csv(Path(args.csv), args.overwrite)  # made during the evaluation?
+        check_replaceable_file(args.csv, "--csv", args.overwrite)  # made during the evaluation?
         path = results.write_csv(args.csv)
         print(f"wrote {path}")
     if args.davis_csv is not None:

@@ -45,7 +45,9 @@ MAX_N_PROJ = 100
 _F32_TINY, _F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 
 
-def _int_in(high: int):
+def _int_in(high: int | None = None):
+    """An argparse type: an integer in ``1..high`` (no upper bound when ``high`` is None)."""
+
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -53,21 +55,14 @@ def _int_in(high: int):
             v = 0
         if v < 1:
             raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-        if v > high:
+        if high is not None and v > high:
             raise argparse.ArgumentTypeError(f"expected an integer in 1..{high}, got {text!r}")
         return v
 
     return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+_positive_int = _int_in()
 
 
 def _positive_float(text: str) -> float:
@@ -171,7 +166,11 @@ def check_build_paths(args: argparse.Namespace) -> Path:
     ``--timing-cache``: a file, neither the ONNX file nor the engine (it is read and updated).
     ``ValueError`` (one line naming the argument) or ``FileNotFoundError`` (no ONNX file).
     """
-    from dmm_deploy.data.output import check_not_an_input, check_output_path
+    from dmm_deploy.data.output import (
+        check_not_an_input,
+        check_output_path,
+        check_replaceable_file,
+    )
 
     onnx = Path(args.onnx)
     if not onnx.is_file():
@@ -184,17 +183,7 @@ def check_build_paths(args: argparse.Namespace) -> Path:
         )
     check_not_an_input("--engine", engine, [("ONNX", onnx)])
     check_output_path(engine, "--engine", "file")
-    if os.path.lexists(engine):
-        if not getattr(args, "overwrite", False):
-            raise ValueError(
-                f"--engine {engine} exists: pass --overwrite to replace it, or choose another file"
-            )
-        if engine.is_symlink() or not engine.is_file():
-            what = "a symbolic link" if engine.is_symlink() else "not a regular file"
-            raise ValueError(
-                f"--engine {engine} is {what}; --overwrite replaces regular files only, choose "
-                "another file"
-            )
+    check_replaceable_file(engine, "--engine", getattr(args, "overwrite", False))
     if args.cache_dir is not None:
         if Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
             raise ValueError(f"--cache-dir {args.cache_dir} is a file; expected a folder")

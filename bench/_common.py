@@ -36,6 +36,22 @@ def check_out_arg(parser, path: Path | None, arg: str = "--out") -> None:
         parser.error(str(e))
 
 
+def check_model_options(input_size: str, backbones: list[str], threads: list[int]):
+    """The ``--input-size``, ``--backbones`` and ``--threads`` of the pipeline benchmarks,
+    checked before any work: the parsed ``(height, width)``; ``ValueError`` naming one."""
+    from dmm_deploy.segment_job import BACKBONES, check_threads, parse_size
+
+    size = parse_size(input_size)
+    if not backbones:
+        raise ValueError(f"--backbones: give one or more of {', '.join(BACKBONES)}")
+    for b in backbones:
+        if b not in BACKBONES:
+            raise ValueError(f"--backbones: {b!r} is not one of {', '.join(BACKBONES)}")
+    for t in threads:
+        check_threads(t)
+    return size
+
+
 def load_spec():
     """The literal per-problem transcription of Listing 1 kept in ``tests/spec_listing1.py``.
 

@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DEFAULT_OUT,
     REPO_ROOT,
+    check_model_options,
     machine_info,
     machine_markdown,
     markdown_table,
@@ -343,22 +344,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     """Parse and check the options in place (``ValueError`` naming one), before any work."""
     from dmm_deploy.data.output import check_output_path
-    from dmm_deploy.segment_job import BACKBONES, check_threads, parse_size
 
-    args.input_size = parse_size(args.input_size)
     args.backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
-    if not args.backbones or any(b not in BACKBONES for b in args.backbones):
-        raise ValueError(
-            f"--backbones must be a comma list of {', '.join(BACKBONES)}, got {args.backbones}"
-        )
     try:
         args.threads = [int(t) for t in str(args.threads).split(",")]
     except ValueError:
         raise ValueError(
             f"--threads must be a comma list of integers, got {args.threads!r}"
         ) from None
-    for t in args.threads:
-        check_threads(t)
+    args.input_size = check_model_options(args.input_size, args.backbones, args.threads)
     if args.num_frames < 2:
         raise ValueError(f"--num-frames must be >= 2 (frame 0 is not timed), got {args.num_frames}")
     if args.passes < 1:

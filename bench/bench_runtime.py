@@ -41,7 +41,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_OUT, REPO_ROOT, machine_info, machine_markdown, pingpong
+from _common import (
+    DEFAULT_OUT,
+    REPO_ROOT,
+    check_model_options,
+    machine_info,
+    machine_markdown,
+    pingpong,
+)
 
 SAMPLES = REPO_ROOT.parent / "shared" / "data" / "vos_samples"
 STAGE_NAMES = ("encoder", "proposals", "features_cost", "matching", "refinement", "merge")
@@ -207,14 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad options before anything is exported or run (``ValueError`` naming one)."""
     from dmm_deploy.data.output import check_output_path
-    from dmm_deploy.segment_job import BACKBONES, check_threads, parse_size
 
-    parse_size(args.input_size)
-    for b in args.backbones:
-        if b not in BACKBONES:
-            raise ValueError(f"--backbones: {b!r} is not one of {', '.join(BACKBONES)}")
-    for t in args.threads:
-        check_threads(t)
+    check_model_options(args.input_size, args.backbones, args.threads)
     if args.frames < 2:
         raise ValueError(f"--frames must be >= 2 (frame 0 is not timed), got {args.frames}")
     if args.rounds < 1:

@@ -966,17 +966,14 @@ def run_segment(opts: SegmentOptions) -> SegmentSummary:
             ) from None
         if overlay is not None:
             overlay.close(write=False)
-        if folder.written or folder.existing:
-            reason = (
-                f"interrupted after {of} frames"
-                if isinstance(e, KeyboardInterrupt)
-                else f"stopped after {of} frames: {first_line(e)}"
-            )
-            folder.mark_partial(reason)
-            folder.release()
+        reason = (
+            f"interrupted after {of} frames"
+            if isinstance(e, KeyboardInterrupt)
+            else f"stopped after {of} frames: {first_line(e)}"
+        )
+        if folder.stop(reason):
             where = f"{opts.out} is marked partial; continue with --resume"
         else:
-            folder.release(discard_if_empty=True)
             where = "nothing written"
         if isinstance(e, KeyboardInterrupt):
             raise KeyboardInterrupt(f"interrupted after {of} frames ({where})") from None

@@ -446,6 +446,17 @@ class ResultFolder:
         with contextlib.suppress(OSError):
             self._write_marker("partial", reason)
 
+    def stop(self, reason: str) -> bool:
+        """The run stopped early: a folder holding masks (written now, or before a resume) is
+        marked partial with ``reason`` (True); one holding none is released and, when this run
+        made it, removed (False)."""
+        if self.written or self.existing:
+            self.mark_partial(reason)
+            self.release()
+            return True
+        self.release(discard_if_empty=True)
+        return False
+
     def finish(self) -> None:
         """The run is complete: remove the marker and the lock."""
         (self.path / PARTIAL_MARKER).unlink(missing_ok=True)

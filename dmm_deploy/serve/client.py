@@ -305,13 +305,10 @@ def run_client_job(
                     log(f"client: {n}/{total} frames, {n / dt:.2f} frames/s")
         except BaseException as e:
             done = folder.written
-            if done:
-                stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped"
-                folder.mark_partial(f"{stop} after {done} of {total} frames: {e}")
-                folder.release()
+            stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped"
+            if folder.stop(f"{stop} after {done} of {total} frames: {e}"):
                 where = f"{out} is marked partial; rerun with --overwrite"
             else:
-                folder.release(discard_if_empty=True)
                 where = "nothing written"
             if isinstance(e, KeyboardInterrupt):
                 raise KeyboardInterrupt(

@@ -199,7 +199,9 @@ class MaskRCNNDetector:
     def preprocess(self, frame: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """``(H, W, 3)`` uint8 -> ``(1, 3, Hp, Wp)`` normalised, resized, zero-padded float32
         and the resized ``(h, w)``: torchvision's transform, same order of operations."""
-        image = frame.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+        # order "C": astype keeps the frame's HWC memory order otherwise, and every later
+        # step would walk it with strides
+        image = frame.transpose(2, 0, 1).astype(np.float32, order="C") / np.float32(255.0)
         image = (image - self.mean) / self.std
         h, w = self.resized_size(*frame.shape[:2])
         if min(h, w) < 1:
@@ -208,7 +210,8 @@ class MaskRCNNDetector:
                 f"it resizes to {h}x{w} (min_size {self.spec['min_size']}, max_size "
                 f"{self.spec['max_size']})"
             )
-        image = _bilinear(image, (h, w))
+        if (h, w) != image.shape[1:]:  # at scale 1 torch's bilinear returns its input
+            image = _bilinear(image, (h, w))
         d = int(self.spec["size_divisible"])
         hp, wp = -(-h // d) * d, -(-w // d) * d
         out = np.zeros((1, 3, hp, wp), np.float32)
@@ -292,14 +295,20 @@ def _linear_taps(n_in: int, n_out: int):
 
 
 def _bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``(C, H, W)`` float32 resampled to ``size`` as ``F.interpolate(mode="bilinear")``."""
+    """``(C, H, W)`` float32 resampled to ``size`` as ``F.interpolate(mode="bilinear")``:
+    ``a0 * (b0 * x[y0, x0] + b1 * x[y0, x1]) + a1 * (b0 * x[y1, x0] + b1 * x[y1, x1])``, in
+    that order of float operations."""
     y0, y1, a0, a1 = _linear_taps(x.shape[1], size[0])
     x0, x1, b0, b1 = _linear_taps(x.shape[2], size[1])
-    top, bottom = x[:, y0], x[:, y1]
-    return (
-        a0[:, None] * (b0 * top[:, :, x0] + b1 * top[:, :, x1])
-        + a1[:, None] * (b0 * bottom[:, :, x0] + b1 * bottom[:, :, x1])
-    ).astype(np.float32)
+    rows = []
+    for y, a in ((y0, a0), (y1, a1)):
+        part = np.take(x, y, axis=1)
+        out = b0 * np.take(part, x0, axis=2)
+        out += b1 * np.take(part, x1, axis=2)
+        out *= a[:, None]
+        rows.append(out)
+    rows[0] += rows[1]
+    return rows[0]
 
 
 def _decode(deltas: np.ndarray, anchors: np.ndarray, weights, clip: float) -> np.ndarray:

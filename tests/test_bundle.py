@@ -487,7 +487,7 @@ def test_packed_level_pooling_is_torchvisions_multiscale_roi_align(padded, image
     pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], output, ratio)
     want = pooler({str(k): f for k, f in enumerate(feats)}, [boxes], [padded])
     canvas, x, y = _level_canvas(feats)
-    got = _pool_own_level(canvas, (x, y), boxes, len(boxes), (output, output), ratio, mapper)
+    got = _pool_own_level(canvas, (x, y), boxes, (output, output), ratio, mapper)
     levels = mapper([boxes])
     if padded[0] >= 480:
         assert (torch.bincount(levels, minlength=4) > 0).all()  # every level is exercised
@@ -501,10 +501,26 @@ def test_packed_level_pooling_is_torchvisions_multiscale_roi_align(padded, image
     torch.testing.assert_close(every, want, rtol=0, atol=0)
 
 
+def test_pooling_order_sorts_by_level_then_top_edge():
+    """The heads pool boxes by RoI level, then top edge (cache locality); it is a permutation."""
+    from torchvision.ops.poolers import initLevelMapper
+
+    from dmm_deploy.export.bundle_stages import _pooling_order
+
+    gen = torch.Generator().manual_seed(2)
+    boxes = _clipped_boxes(800, 1333, 500, gen)
+    mapper = initLevelMapper(2, 5)
+    order = _pooling_order(boxes, mapper, len(boxes))
+    assert sorted(order.tolist()) == list(range(len(boxes)))
+    levels, top = mapper([boxes])[order], boxes[order, 1]
+    assert (torch.bincount(levels, minlength=4) > 0).all()
+    key = levels.double() * 1e4 + top.double()
+    assert (key[1:] >= key[:-1]).all()
+
+
 def test_packed_level_pooling_in_onnxruntime_follows_the_image_size(tmp_path):
     """The canvas's pads and offsets are traced from the feature shapes: one exported graph
-    pools correctly at image sizes other than the one it was traced at (the box count is
-    fixed, as in the heads graph: it is the sort's constant K)."""
+    pools correctly at image sizes other than the one it was traced at."""
     import onnxruntime as ort
     from torchvision.ops import MultiScaleRoIAlign
     from torchvision.ops.poolers import initLevelMapper
@@ -517,12 +533,12 @@ def test_packed_level_pooling_in_onnxruntime_follows_the_image_size(tmp_path):
     class Pool(torch.nn.Module):
         def forward(self, f0, f1, f2, f3, boxes):
             canvas, x, y = _level_canvas((f0, f1, f2, f3))
-            return _pool_own_level(canvas, (x, y), boxes, len(boxes), (7, 7), 2, mapper)
+            return _pool_own_level(canvas, (x, y), boxes, (7, 7), 2, mapper)
 
     gen = torch.Generator().manual_seed(1)
     names = [f"feature{k}" for k in range(4)]
-    axes = {n: {2: f"h{k}", 3: f"w{k}"} for k, n in enumerate(names)}
-    trace_args = (*_pyramid(320, 320, 4, gen), _clipped_boxes(320, 320, 300, gen))
+    axes = {n: {2: f"h{k}", 3: f"w{k}"} for k, n in enumerate(names)} | {"boxes": {0: "n"}}
+    trace_args = (*_pyramid(320, 320, 4, gen), _clipped_boxes(320, 320, 20, gen))
     _trace(Pool(), trace_args, tmp_path / "pool.onnx", [*names, "boxes"], ["pooled"], axes)
     session = ort.InferenceSession(str(tmp_path / "pool.onnx"), providers=["CPUExecutionProvider"])
     pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)

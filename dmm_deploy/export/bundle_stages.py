@@ -280,6 +280,15 @@ def _top_k_padded(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     return torch.topk(torch.cat([values, pad]), k)
 
 
+def _pooling_order(boxes: torch.Tensor, mapper, count: int) -> torch.Tensor:
+    """The order in which to pool ``boxes (count, 4)``: by RoI level, then top edge (``count``,
+    their number, is a constant: TensorRT's TopK needs one). RoIAlign pools each box on its own,
+    so the order changes no number, but boxes that share feature rows then find them in the
+    cache: onnxruntime pools the box head's 1000 proposals ~1.8x faster than in score order."""
+    key = mapper([boxes]).to(boxes.dtype) * 4096.0 + boxes[:, 1]  # y1 < 4096 (image pixels)
+    return torch.topk(key, count, largest=False).indices
+
+
 def _pool_all_levels(features, boxes, output_size: tuple[int, int], sampling_ratio: int, mapper):
     """torchvision's ``MultiScaleRoIAlign`` for a fixed number of boxes of one image: every box
     pooled on every level (ONNX RoiAlign, ``aligned=False``), then each box's level (the
@@ -352,14 +361,7 @@ def packed_pooling_is_exact(mapper, max_side: float, levels: int = 4) -> bool:
 
 
 def _pool_own_level(
-    canvas,
-    offsets,
-    boxes,
-    count: int,
-    output_size: tuple[int, int],
-    sampling_ratio: int,
-    mapper,
-    head: nn.Module | None = None,
+    canvas, offsets, boxes, output_size: tuple[int, int], sampling_ratio: int, mapper
 ):
     """torchvision's ``MultiScaleRoIAlign`` for a fixed number of boxes of one image, each box
     pooled once, on its own level, with one RoiAlign over :func:`_level_canvas`: static shapes,
@@ -367,14 +369,7 @@ def _pool_own_level(
     to its place in the canvas; ``spatial_scale`` is 1. Level-0 boxes get torchvision's numbers to
     the bit, level 1 to float rounding (the copied edge), levels 2 and 3 carry the offset's
     rounding as well (``~1e-5`` px in the sample positions). Equal to torchvision's pooling in
-    this sense when :func:`packed_pooling_is_exact` holds.
-
-    ``count`` is ``len(boxes)`` as a constant (TensorRT's TopK needs a constant K): the boxes
-    are pooled in the order of their canvas item and top edge, then put back in their own
-    order. RoiAlign pools each box on its own, so the order changes no number; boxes that share
-    rows reuse them in the cache (onnxruntime, 1000 boxes of the box head: ~1.8x faster than in
-    score order). ``head``, a module that maps each pooled box on its own (the box head's MLP),
-    runs before the rows are put back, on the smaller tensor it returns."""
+    this sense when :func:`packed_pooling_is_exact` holds."""
     from torchvision.ops import roi_align
 
     ox, oy = offsets
@@ -383,11 +378,7 @@ def _pool_own_level(
     shift = torch.stack([ox[levels], oy[levels]], 1).repeat(1, 2)
     item = (levels > 0).to(boxes.dtype)[:, None]
     rois = torch.cat([item, boxes * scale + shift], 1)
-    key = rois[:, 0] * float(canvas.shape[-2] + 1) + rois[:, 2]  # top edge, in the canvas
-    order = torch.topk(key, count, largest=False).indices
-    back = torch.topk(order.to(boxes.dtype), count, largest=False).indices  # order's inverse
-    pooled = roi_align(canvas, rois[order], tuple(output_size), 1.0, sampling_ratio)
-    return (pooled if head is None else head(pooled))[back]
+    return roi_align(canvas, rois, tuple(output_size), 1.0, sampling_ratio)
 
 
 class DetectorStage(nn.Module):
@@ -435,7 +426,10 @@ class DetectorHeadsStage(nn.Module):
     ``detections_per_img`` best detections, then the mask head on those boxes. Both heads pool
     each box once on its own level (:func:`_pool_own_level`) where that is torchvision's
     pooling (:func:`packed_pooling_is_exact` for the transform's ``max_size``), else every box
-    on every level (:func:`_pool_all_levels`).
+    on every level (:func:`_pool_all_levels`). The proposals are taken in pooling order
+    (:func:`_pooling_order`; torchvision's keep score order, which only orders exact score ties
+    differently); the detections are pooled in that order and their masks put back in score
+    order.
 
     Inputs: ``feature0..3``, ``rpn_boxes (L, K, 4)`` decoded and clipped, ``rpn_scores (L, K)``
     objectness probabilities with ``-1`` for boxes the RPN's filters drop. Outputs (``D`` =
@@ -475,13 +469,11 @@ class DetectorHeadsStage(nn.Module):
         )
         check_tensorrt_limits(self.k, self.p, self.d)
 
-    def _pool(self, features, canvas, boxes, count: int, pool: nn.Module, head=None):
-        """``head(pool(boxes))`` (``head``: a per-box module, or None)."""
+    def _pool(self, features, canvas, boxes, pool: nn.Module) -> torch.Tensor:
         size, ratio = pool.output_size, pool.sampling_ratio
         if canvas is None:
-            pooled = _pool_all_levels(features, boxes, size, ratio, self.mapper)
-            return pooled if head is None else head(pooled)
-        return _pool_own_level(canvas[0], canvas[1:], boxes, count, size, ratio, self.mapper, head)
+            return _pool_all_levels(features, boxes, size, ratio, self.mapper)
+        return _pool_own_level(canvas[0], canvas[1:], boxes, size, ratio, self.mapper)
 
     def forward(self, f0, f1, f2, f3, rpn_boxes, rpn_scores, image_size):
         features = (f0, f1, f2, f3)
@@ -494,10 +486,12 @@ class DetectorHeadsStage(nn.Module):
         flat = torch.cat([flat, flat.new_zeros(self.p)])[pos]
         keep = top >= 0
         proposals = torch.where(keep[:, None], rpn_boxes.reshape(-1, 4)[flat], 0.0)
+        order = _pooling_order(proposals, self.mapper, self.p)
+        proposals, keep = proposals[order], keep[order]
         # box head
         rh = self.roi_heads
-        hidden = self._pool(features, canvas, proposals, self.p, self.box_pool, rh.box_head)
-        class_logits, box_regression = rh.box_predictor(hidden)
+        pooled = self._pool(features, canvas, proposals, self.box_pool)
+        class_logits, box_regression = rh.box_predictor(rh.box_head(pooled))
         boxes = rh.box_coder.decode(box_regression, [proposals])  # (P, C, 4)
         h, w = image_size[0], image_size[1]
         x = torch.minimum(boxes[..., 0::2].clamp(min=0), w)
@@ -522,8 +516,11 @@ class DetectorHeadsStage(nn.Module):
         det_boxes = torch.where(valid[:, None], boxes.reshape(-1, 4)[flat], 0.0)
         labels = flat // self.p + 1
         # mask head on the detections
-        pooled = self._pool(features, canvas, det_boxes, self.d, self.mask_pool)
+        # mask head on the detections, pooled in pooling order, masks put back in score order
+        order = _pooling_order(det_boxes, self.mapper, self.d)
+        back = torch.topk(order.to(det_boxes.dtype), self.d, largest=False).indices
+        pooled = self._pool(features, canvas, det_boxes[order], self.mask_pool)
         logits = rh.mask_predictor(rh.mask_head(pooled))  # (D, C, 28, 28)
-        index = labels[:, None, None, None].expand(-1, 1, *logits.shape[-2:])
-        masks = torch.gather(logits, 1, index)[:, 0].sigmoid()
+        index = labels[order][:, None, None, None].expand(-1, 1, *logits.shape[-2:])
+        masks = torch.gather(logits, 1, index)[back, 0].sigmoid()
         return det_boxes, torch.where(valid, top, 0.0), masks, valid

@@ -285,6 +285,9 @@ def foreign_pngs(folder: Path, like: Path) -> dict[str, bytes]:
     info.add_text("Software", "GIMP")  # the writer's format, saved by another program
     Image.open(like).save(folder / "annotation.png", pnginfo=info)
     (folder / "00007.PNG").write_bytes((like).read_bytes())  # not a name the writer gives
+    plain = Image.open(like)  # the writer's image saved by Pillow without the writer's tag
+    plain.info.clear()
+    plain.save(folder / "00008.png")
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MASK_SOFTWARE",
     "VOID",
     "DataFileError",
     "atomic_output",
@@ -44,6 +45,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 VOID = 255
 """The DAVIS "void" label: unknown pixels, never an object."""
+
+MASK_SOFTWARE = "dmm-deploy"
+"""The ``Software`` text chunk of every mask :func:`write_mask` writes: it tells this tool's
+masks from palette PNGs other programs save the same way (Pillow, the original code), so that
+``--overwrite`` and ``--resume`` never take a user's file for one of its own."""
 
 # Modes whose pixel values are the object ids: palette, 8-bit greyscale, 1-bit.
 _LABEL_MODES = ("P", "L", "1")
@@ -214,6 +220,8 @@ def write_mask(path: str | Path, labels: np.ndarray) -> Path:
     """Write a ``(H, W)`` label map as a DAVIS palette PNG, atomically (parent folders are
     created; see :func:`atomic_output`).
 
+    The PNG carries one text chunk, ``Software`` = :data:`MASK_SOFTWARE`.
+
     Args:
         path: the output file (``.png``).
         labels: integer or bool array of object ids in 0..255.
@@ -221,14 +229,16 @@ def write_mask(path: str | Path, labels: np.ndarray) -> Path:
     Returns:
         ``path`` as a ``Path``.
     """
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     labels = _check_label_map(labels)
     path = Path(path)
     im = Image.fromarray(np.ascontiguousarray(labels))  # mode "L", values kept
     im.putpalette(davis_palette().tobytes())  # turns it into a "P" image, same values
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", MASK_SOFTWARE)
     with atomic_output(path) as tmp:
-        im.save(tmp, format="PNG")
+        im.save(tmp, format="PNG", pnginfo=info)
     return path
 
 

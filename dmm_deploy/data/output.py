@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from dmm_deploy.data.davis import davis_palette, write_mask
+from dmm_deploy.data.davis import MASK_SOFTWARE, davis_palette, write_mask
 
 __all__ = [
     "LOCK_FILE",
@@ -56,6 +56,7 @@ LOCK_FILE = ".dmm-deploy.lock"
 _TMP = re.compile(r"^\..+\.tmp\d+\.[A-Za-z0-9]+$")  # atomic_output's temporary names
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SOFTWARE_CHUNK = b"Software\x00" + MASK_SOFTWARE.encode("latin-1")  # write_mask's tEXt data
 
 try:
     import fcntl
@@ -175,10 +176,10 @@ def _palette_bytes() -> bytes:
 def is_written_mask(path: str | Path) -> bool:
     """Whether ``path`` is a mask as :func:`~dmm_deploy.data.davis.write_mask` writes it: a
     regular file (no link) named ``<stem>.png``, an 8-bit palette PNG (not interlaced) whose
-    chunks are exactly IHDR, PLTE (the DAVIS palette), IDAT... and IEND. Other PNGs (photos,
-    greyscale or RGB images, PNGs carrying the text, time or resolution chunks of other
-    programs, DAVIS's own annotations among them) and other files are not. Reads the chunk
-    headers, IHDR and PLTE (not the pixel data, nor the CRCs)."""
+    chunks are exactly IHDR, tEXt (``Software`` = :data:`~dmm_deploy.data.davis.MASK_SOFTWARE`),
+    PLTE (the DAVIS palette), IDAT... and IEND. Other PNGs (photos, greyscale or RGB images,
+    palette PNGs saved by other programs, DAVIS's own annotations among them) and other files
+    are not. Reads the chunk headers, IHDR, tEXt and PLTE (not the pixel data, nor the CRCs)."""
     path = Path(path)
     if path.suffix != ".png" or path.name.startswith(".") or path.is_symlink():
         return False
@@ -194,7 +195,11 @@ def is_written_mask(path: str | Path) -> bool:
                 if len(head) != 8:
                     return False  # truncated: no IEND
                 length, kind = struct.unpack(">I4s", head)
-                order = {b"IHDR": not seen, b"PLTE": seen == [b"IHDR"]}
+                order = {
+                    b"IHDR": not seen,
+                    b"tEXt": seen == [b"IHDR"],
+                    b"PLTE": seen == [b"IHDR", b"tEXt"],
+                }
                 order[b"IDAT"] = bool(seen) and seen[-1] in (b"PLTE", b"IDAT")
                 order[b"IEND"] = bool(seen) and seen[-1] == b"IDAT"
                 if not order.get(kind, False):
@@ -203,6 +208,9 @@ def is_written_mask(path: str | Path) -> bool:
                     # width, height, then bit depth 8, colour type 3 (palette), compression,
                     # filter, interlace 0
                     if length != 13 or f.read(13)[8:] != b"\x08\x03\x00\x00\x00":
+                        return False
+                elif kind == b"tEXt":
+                    if f.read(length) != _SOFTWARE_CHUNK:
                         return False
                 elif kind == b"PLTE":
                     if not 0 < length <= 768 or f.read(length) != _palette_bytes()[:length]:

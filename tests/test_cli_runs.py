@@ -316,7 +316,7 @@ def test_overwrite_deletes_only_the_masks_it_wrote(video, runtime, tmp_path, cap
     (line,) = err.strip().splitlines()
     assert line == (
         f"dmm-deploy segment: error: --overwrite: --out {out} holds other things than masks "
-        "written by dmm-deploy (00007.PNG, 99999.png, annotation.png and 3 more); they are not "
+        "written by dmm-deploy (00007.PNG, 00008.png, 99999.png and 4 more); they are not "
         "deleted: move them or choose another folder"
     )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing deleted

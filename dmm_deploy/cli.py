@@ -14,7 +14,9 @@ command name) set ``args.verbosity`` (-1 quiet, 0 normal, 1+ verbose) and the ``
 Errors: bad input raises ``ValueError`` / ``FileNotFoundError`` (or :class:`UserError`) with one
 line naming the argument or file and what was expected; :func:`main` prints it as
 ``dmm-deploy CMD: error: <message>`` and returns 2 (``-v`` adds the traceback). Other
-``OSError`` (permissions, a full disk) end the same way, naming the file. Running out of host
+``OSError`` (permissions, a full disk) end the same way, naming the file, and so does a
+missing optional dependency (naming the extra that installs it, :data:`EXTRA_OF_MODULE`).
+Running out of host
 or GPU memory is one line with exit code 1; any other exception is a bug and keeps its
 traceback. Ctrl-C returns 130
 with ``dmm-deploy CMD: interrupted ...`` (commands may put their progress into the
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 
 from dmm_deploy import __version__
 
-__all__ = ["COMMANDS", "Command", "UserError", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXTRA_OF_MODULE", "Command", "UserError", "build_parser", "main"]
 
 
 class UserError(Exception):
@@ -192,6 +194,33 @@ def _configure_verbosity(args: argparse.Namespace) -> int:
     return verbosity
 
 
+# Optional dependencies -> the extra that installs them: a command that needs one which is not
+# installed ends with one line naming the extra (commands with a more specific hint, TensorRT's
+# or the server's, say theirs first).
+EXTRA_OF_MODULE = {
+    "torch": "cpu",
+    "torchvision": "cpu",
+    "onnx": "cpu",
+    "onnxruntime": "runtime",
+    "pytriton": "serve",
+    "tritonclient": "serve",
+    "imageio_ffmpeg": "video",
+    "tensorrt": "trt",
+    "polygraphy": "trt",
+    "scipy": "bench",
+    "matplotlib": "bench",
+}
+
+
+def _missing_extra(e: ModuleNotFoundError) -> str | None:
+    """One line for an optional dependency that is not installed, or None (then it is a bug)."""
+    top = (e.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return None
+    return f"this needs {top}, which is not installed: pip install 'dmm-deploy[{extra}]'"
+
+
 def _one_line(e: BaseException) -> str:
     """The message of an error as one line (an ``OSError`` from the system names its file)."""
     if isinstance(e, OSError) and e.strerror and e.filename is not None:
@@ -204,9 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the console script; returns the exit code (0 ok, 2 bad input, 130 Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _chosen_command(argv)
-    args = build_parser(command if command is not None else "").parse_args(argv)
+    try:
+        args = build_parser(command if command is not None else "").parse_args(argv)
+        _, run = COMMANDS[args.command].load()
+    except ModuleNotFoundError as e:  # a command module that imports an extra's package
+        if (line := _missing_extra(e)) is None:
+            raise
+        print(f"dmm-deploy {command}: error: {line}", file=sys.stderr)
+        return 2
     verbosity = _configure_verbosity(args)
-    _, run = COMMANDS[args.command].load()
     prog = f"dmm-deploy {args.command}"
     try:
         with warnings.catch_warnings():
@@ -222,6 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         if verbosity > 0:
             traceback.print_exc()
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if (line := _missing_extra(e)) is None:
+            raise
+        if verbosity > 0:
+            traceback.print_exc()
+        print(f"{prog}: error: {line}", file=sys.stderr)
         return 2
     except Exception as e:  # out of memory (host or device) is one line too; other bugs are not
         if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"):

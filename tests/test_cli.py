@@ -497,3 +497,29 @@ def test_registry_errors_interrupts_and_verbosity(fake_command, capsys):
     )
     with pytest.raises(RuntimeError, match="a bug"):  # a bug keeps its traceback
         main(["fake", "--fail", "bug"])
+
+
+def test_a_missing_optional_dependency_is_one_line_naming_its_extra(tmp_path):
+    """Without torch (as after ``pip install -e ".[runtime]"``) a command that needs it ends
+    with one line naming the extra, exit 2; a missing module that no extra provides is a bug
+    and keeps its traceback."""
+    from dmm_deploy.cli import _missing_extra
+
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from dmm_deploy.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    for args in (["export-model", "--out", str(tmp_path / "b"), "--random-weights"],
+                 ["export", "--out", str(tmp_path / "m.onnx")]):  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.splitlines() == [
+            f"dmm-deploy {args[0]}: error: this needs torch, which is not installed: "
+            "pip install 'dmm-deploy[cpu]'"
+        ]
+    assert not (tmp_path / "b").exists() and not (tmp_path / "m.onnx").exists()
+    assert _missing_extra(ModuleNotFoundError("x", name="tritonclient.http")).endswith("[serve]'")
+    assert _missing_extra(ModuleNotFoundError("x", name="dmm_deploy.nothing")) is None

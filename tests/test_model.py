@@ -328,6 +328,27 @@ def test_decoder_averages_three_passes():
     torch.testing.assert_close(c_out[0], sum(s[1] for s in states) / 3)
 
 
+def test_decoder_shared_gates_equal_the_three_repeated_runs():
+    """The exported decoder's form (the gates' convolution over the shared inputs once per
+    object) equals the literal three repeated runs up to float rounding, for several objects."""
+    torch.manual_seed(4)
+    cfg = DMMConfig(backbone="resnet18", input_size=(64, 96), hidden_size=16)
+    dec = RefineDecoder(cfg)
+    skip = tuple(
+        torch.randn(3, c, 64 // s, 96 // s)
+        for c, s in zip(cfg.skip_channels, (4, 8, 16, 32), strict=True)
+    )
+    h = tuple(torch.randn_like(t) for t in dec.zero_state(skip))
+    c = tuple(torch.randn_like(t) for t in h)
+    ht = tuple(torch.randn_like(t) for t in h)
+    masks = torch.rand(3, 3, 64, 96)
+    want = dec(skip, masks, h, c, ht)
+    got = dec(skip, masks, h, c, ht, shared_gates=True)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
+    for a, b in zip((*got[1], *got[2]), (*want[1], *want[2]), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
 def test_convlstm_cell_gate_order():
     cell = ConvLSTMCell(2, 3)
     assert cell.gates.in_channels == 2 + 1 + 6 and cell.gates.out_channels == 12

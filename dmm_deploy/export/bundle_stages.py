@@ -163,7 +163,9 @@ def batched_cost(templates, embeddings, prev_masks, proposal_masks, score_weight
 
 
 class DecoderStage(nn.Module):
-    """One refinement step for a batch of objects: the decoder, then sigmoid at input size."""
+    """One refinement step for a batch of objects: the decoder, then sigmoid at input size.
+    The gates' convolution over the inputs the three mask runs share runs once
+    (``RefineDecoder(..., shared_gates=True)``; a third of the decoder's convolution work)."""
 
     def __init__(self, net: DMMNet) -> None:
         super().__init__()
@@ -172,7 +174,8 @@ class DecoderStage(nn.Module):
 
     def forward(self, s4, s8, s16, s32, masks, *state):
         h, c, t = state[0:4], state[4:8], state[8:12]
-        logits, h_new, c_new = self.decoder((s4, s8, s16, s32), masks, h, c, t)
+        skip = (s4, s8, s16, s32)
+        logits, h_new, c_new = self.decoder(skip, masks, h, c, t, shared_gates=True)
         return (to_probabilities(logits, self.size), *h_new, *c_new)
 
 

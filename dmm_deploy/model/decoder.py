@@ -23,6 +23,13 @@ class ConvLSTMCell(nn.Module):
 
     forward(x ``(B, c_in, H, W)``, mask ``(B, 1, H, W)``, h, c, h_temporal ``(B, hidden, H, W)``)
     -> ``(h', c')``.
+
+    ``repeats=r`` runs the cell for ``r`` masks per problem: ``mask`` has ``r * B`` rows (each
+    problem's ``r`` masks together), ``x, h, c, h_temporal`` have ``B``, and the result has
+    ``r * B`` rows, as for the inputs repeated ``r`` times each (``repeat_interleave``). The
+    convolution is linear, so its part over ``x, h, h_temporal`` runs once per problem and only
+    the mask's channel once per mask: the same gates up to float summation order, for ``1 / r``
+    of the work.
     """
 
     def __init__(self, c_in: int, hidden: int, mask_channels: int = 1) -> None:
@@ -30,8 +37,22 @@ class ConvLSTMCell(nn.Module):
         self.hidden = hidden
         self.gates = nn.Conv2d(c_in + mask_channels + 2 * hidden, 4 * hidden, 3, padding=1)
 
-    def forward(self, x, mask, h, c, h_temporal) -> tuple[torch.Tensor, torch.Tensor]:
-        gates = self.gates(torch.cat([x, mask, h, h_temporal], dim=1))
+    def forward(
+        self, x, mask, h, c, h_temporal, repeats: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if repeats == 1:
+            gates = self.gates(torch.cat([x, mask, h, h_temporal], dim=1))
+        else:
+            w, cx, cm = self.gates.weight, x.shape[1], mask.shape[1]
+            shared = F.conv2d(
+                torch.cat([x, h, h_temporal], dim=1),
+                torch.cat([w[:, :cx], w[:, cx + cm :]], dim=1),
+                self.gates.bias,
+                padding=1,
+            )
+            own = F.conv2d(mask, w[:, cx : cx + cm], None, padding=1)
+            gates = shared.repeat_interleave(repeats, dim=0) + own
+            c = c.repeat_interleave(repeats, dim=0)
         i, f, o, g = gates.chunk(4, dim=1)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h_new = torch.sigmoid(o) * torch.tanh(c_new)
@@ -65,7 +86,9 @@ class RefineDecoder(nn.Module):
         h_temporal: 4 tensors like ``h``: this object's hidden state from the previous frame.
     Returns ``(logits, h', c')``: logits ``(B, 1, 2 ceil(H/4), 2 ceil(W/4))`` (half the input
     resolution) and the new state. Each cell runs three times, once per mask channel, and
-    the three states are averaged (batched here as 3B problems).
+    the three states are averaged (batched here as 3B problems). ``shared_gates=True`` computes
+    the gates' convolution over the inputs the three runs share once (``ConvLSTMCell``'s
+    ``repeats``; the exported decoder's form, a third of the work, equal up to float rounding).
     Submodules: ``cells`` (4 :class:`ConvLSTMCell`, coarse to fine) and ``conv_out`` (3x3).
     """
 
@@ -85,7 +108,13 @@ class RefineDecoder(nn.Module):
         )
 
     def forward(
-        self, skip: Four, masks: torch.Tensor, h: Four, c: Four, h_temporal: Four
+        self,
+        skip: Four,
+        masks: torch.Tensor,
+        h: Four,
+        c: Four,
+        h_temporal: Four,
+        shared_gates: bool = False,
     ) -> tuple[torch.Tensor, Four, Four]:
         b = masks.shape[0]
         feats = skip[::-1]  # coarse to fine
@@ -93,14 +122,17 @@ class RefineDecoder(nn.Module):
         x = feats[0]
         h_out, c_out = [], []
         for i, cell in enumerate(self.cells):
-            m = pyramid[i]
-            hn, cn = cell(
-                x.repeat_interleave(3, dim=0),
-                m.reshape(3 * b, 1, m.shape[2], m.shape[3]),
-                h[i].repeat_interleave(3, dim=0),
-                c[i].repeat_interleave(3, dim=0),
-                h_temporal[i].repeat_interleave(3, dim=0),
-            )
+            m = pyramid[i].reshape(3 * b, 1, *pyramid[i].shape[2:])
+            if shared_gates:
+                hn, cn = cell(x, m, h[i], c[i], h_temporal[i], repeats=3)
+            else:
+                hn, cn = cell(
+                    x.repeat_interleave(3, dim=0),
+                    m,
+                    h[i].repeat_interleave(3, dim=0),
+                    c[i].repeat_interleave(3, dim=0),
+                    h_temporal[i].repeat_interleave(3, dim=0),
+                )
             hn = hn.view(b, 3, *hn.shape[1:]).mean(dim=1)
             cn = cn.view(b, 3, *cn.shape[1:]).mean(dim=1)
             h_out.append(hn)

@@ -306,19 +306,24 @@ def test_decoder_shapes_and_state(small_net):
     assert p.shape == (1, *SMALL.input_size) and p.min() >= 0 and p.max() <= 1
 
 
-def test_decoder_averages_three_passes():
-    """The batched three-pass cell equals three separate cell calls averaged."""
-    torch.manual_seed(3)
-    cfg = DMMConfig(backbone="resnet18", input_size=(64, 64), hidden_size=16)
+def _decoder_and_inputs(seed: int, batch: int, size: tuple[int, int]):
+    """A small random decoder and random inputs: ``dec, (skip, masks, h, c, h_temporal)``."""
+    torch.manual_seed(seed)
+    cfg = DMMConfig(backbone="resnet18", input_size=size, hidden_size=16)
     dec = RefineDecoder(cfg)
     skip = tuple(
-        torch.randn(1, c, 64 // s, 64 // s)
+        torch.randn(batch, c, size[0] // s, size[1] // s)
         for c, s in zip(cfg.skip_channels, (4, 8, 16, 32), strict=True)
     )
     h = tuple(torch.randn_like(t) for t in dec.zero_state(skip))
     c = tuple(torch.randn_like(t) for t in h)
     ht = tuple(torch.randn_like(t) for t in h)
-    masks = torch.rand(1, 3, 64, 64)
+    return dec, (skip, torch.rand(batch, 3, *size), h, c, ht)
+
+
+def test_decoder_averages_three_passes():
+    """The batched three-pass cell equals three separate cell calls averaged."""
+    dec, (skip, masks, h, c, ht) = _decoder_and_inputs(3, 1, (64, 64))
     _, h_out, c_out = dec(skip, masks, h, c, ht)
 
     pyr = mask_pyramid(masks)
@@ -331,19 +336,9 @@ def test_decoder_averages_three_passes():
 def test_decoder_shared_gates_equal_the_three_repeated_runs():
     """The exported decoder's form (the gates' convolution over the shared inputs once per
     object) equals the literal three repeated runs up to float rounding, for several objects."""
-    torch.manual_seed(4)
-    cfg = DMMConfig(backbone="resnet18", input_size=(64, 96), hidden_size=16)
-    dec = RefineDecoder(cfg)
-    skip = tuple(
-        torch.randn(3, c, 64 // s, 96 // s)
-        for c, s in zip(cfg.skip_channels, (4, 8, 16, 32), strict=True)
-    )
-    h = tuple(torch.randn_like(t) for t in dec.zero_state(skip))
-    c = tuple(torch.randn_like(t) for t in h)
-    ht = tuple(torch.randn_like(t) for t in h)
-    masks = torch.rand(3, 3, 64, 96)
-    want = dec(skip, masks, h, c, ht)
-    got = dec(skip, masks, h, c, ht, shared_gates=True)
+    dec, inputs = _decoder_and_inputs(4, 3, (64, 96))
+    want = dec(*inputs)
+    got = dec(*inputs, shared_gates=True)
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
     for a, b in zip((*got[1], *got[2]), (*want[1], *want[2]), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -518,7 +518,6 @@ class DetectorHeadsStage(nn.Module):
         valid = top >= 0
         det_boxes = torch.where(valid[:, None], boxes.reshape(-1, 4)[flat], 0.0)
         labels = flat // self.p + 1
-        # mask head on the detections
         # mask head on the detections, pooled in pooling order, masks put back in score order
         order = _pooling_order(det_boxes, self.mapper, self.d)
         back = torch.topk(order.to(det_boxes.dtype), self.d, largest=False).indices
